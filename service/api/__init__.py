@@ -1,0 +1,1 @@
+"""HTTP handlers only: parsing requests and rendering answers; the work happens elsewhere."""

@@ -1,0 +1,90 @@
+"""Request id, bearer auth on /v1, JSON errors for everything, per-route metrics."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from service.api.errors import ApiError, error_response
+from service.appkeys import METRICS, SETTINGS
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Routes that authenticate by their own token in the path instead of the bearer token.
+_PUBLIC_PREFIXES = ("/v1/callbacks/",)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    route = _route_name(request)
+    status = 500
+    try:
+        response = await _render_errors(request, handler)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_request_duration.labels(request.method, route).observe(
+            time.perf_counter() - started
+        )
+
+
+async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        _authenticate(request)
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return error_response(500, "internal_error", "internal error")
+
+
+def _authenticate(request: web.Request) -> None:
+    path = request.path
+    if not path.startswith("/v1/") or path.startswith(_PUBLIC_PREFIXES):
+        return
+    expected = request.app[SETTINGS].api_token
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if (
+        scheme.lower() != "bearer"
+        or not expected
+        or not hmac.compare_digest(token.strip().encode(), expected.encode())
+    ):
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+
+
+def _route_name(request: web.Request) -> str:
+    # The route's template, never the concrete path: keeps the label set small.
+    info = request.match_info.route.resource
+    if info is None:
+        return "unmatched"
+    return info.canonical

@@ -1,0 +1,58 @@
+"""The `cirelay` command: argument parsing and process start-up, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from service import __version__
+from service.app import create_app
+from service.logging import configure_logging
+from service.settings import Settings, SettingsError
+
+log = structlog.get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cirelay",
+        description="Drive Tencent Cloud Infinite batch media jobs: intake, queue, submit, events.",
+    )
+    parser.add_argument("--version", action="version", version=f"cirelay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="bind address (CIRELAY_HOST)")
+    serve.add_argument("--port", type=int, help="bind port (CIRELAY_PORT)")
+    serve.add_argument("--config", help="TOML file with settings (CIRELAY_* names or field names)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(os.environ, args.config)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = settings.replace(**overrides)
+        settings.check()
+        if args.command == "serve":
+            settings.check_serve()
+    except SettingsError as exc:
+        print(f"cirelay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    if args.command == "serve":
+        log.info("starting", version=__version__, host=settings.host, port=settings.port)
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            shutdown_timeout=settings.shutdown_grace_seconds,
+        )
+    return 0

@@ -1,0 +1,262 @@
+"""The one settings object, built once from ``CIRELAY_*`` variables and an optional TOML file.
+
+Every field's environment variable is ``CIRELAY_`` + the field name in upper case; a TOML file may
+use either spelling. The environment wins over the file. Nothing else in cirelay reads
+``os.environ``: the ``Settings`` built here is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from service.tokens import derive_key
+
+PREFIX = "CIRELAY_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; ``str()`` is one line naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Service
+    host: str = _setting("0.0.0.0", "Address `cirelay serve` binds.")
+    port: int = _setting(8080, "Port `cirelay serve` binds.")
+    public_url: str = _setting(
+        "", "Base URL at which CI reaches this service; callbacks go to `<url>/v1/callbacks/<token>`."
+    )
+    api_token: str = _setting(
+        "", "Bearer token required on every `/v1` route (required unless `--sandbox`).", secret=True
+    )
+    callback_token: str = _setting(
+        "", "Static callback token for workflows/queues configured by hand.", secret=True
+    )
+    callback_secret: str = _setting(
+        "",
+        "Key for per-job callback tokens (HMAC); defaults to one derived from CIRELAY_API_TOKEN.",
+        secret=True,
+    )
+    log_format: Literal["json", "console", "auto"] = _setting(
+        "auto", "`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
+    )
+    log_level: str = _setting("info", "Minimum log level.")
+    max_body_bytes: int = _setting(1_048_576, "Largest request or callback body accepted (413 above).")
+    max_xml_depth: int = _setting(32, "Deepest nesting accepted in XML/JSON documents.")
+    shutdown_grace_seconds: float = _setting(
+        20.0, "On SIGTERM: how long in-flight work may finish before it is released."
+    )
+
+    # Database / queue
+    database_url: str = _setting("sqlite:///./cirelay.db", "Database: `sqlite:///path`.")
+    workers: int = _setting(4, "Concurrent submitter workers per process.")
+    lease_seconds: float = _setting(30.0, "How long a claimed job stays claimed without a heartbeat.")
+    poll_interval_seconds: float = _setting(
+        1.0, "Idle submitter: longest wait before looking at the queue again."
+    )
+    retry_base_seconds: float = _setting(1.0, "Backoff base (full jitter) for retryable CI errors.")
+    retry_cap_seconds: float = _setting(300.0, "Backoff cap.")
+    retry_max_attempts: int = _setting(8, "Attempts before a job is dead-lettered (`dead`).")
+
+    # Tencent CI
+    ci_endpoint: str = _setting(
+        "", "CI base URL override; default `https://<bucket>.ci.<region>.myqcloud.com`."
+    )
+    ci_secret_id: str = _setting("", "CI SecretId.", secret=True)
+    ci_secret_key: str = _setting("", "CI SecretKey.", secret=True)
+    ci_token: str = _setting("", "STS session token (sent as `x-ci-security-token`).", secret=True)
+    ci_bucket: str = _setting("", "Default bucket (`name-appid`) for jobs that name none.")
+    ci_region: str = _setting("", "Default region (e.g. `ap-chongqing`) for jobs that name none.")
+    ci_timeout_seconds: float = _setting(10.0, "Timeout of every CI call.")
+    ci_rate_limit: float = _setting(10.0, "CI create calls per second per (region, bucket).")
+    ci_concurrency: int = _setting(8, "Most CI calls in flight at once.")
+
+    # Events
+    reconcile_seconds: float = _setting(30.0, "How often unfinished batches are polled at CI.")
+    reconcile_grace_seconds: float = _setting(
+        60.0, "How long after a media job ends its callback may still arrive before it is polled."
+    )
+    rejected_body_max_bytes: int = _setting(65_536, "Bytes of a refused callback body kept.")
+
+    # Pulsar / TDMQ
+    pulsar_url: str = _setting("", "Pulsar service URL (e.g. `pulsar://host:6650`); empty = off.")
+    pulsar_token: str = _setting("", "Pulsar JWT (TDMQ token auth).", secret=True)
+    pulsar_events_topic: str = _setting(
+        "", "CI event topic(s): comma-separated names, or a regex in `re:...` form."
+    )
+    pulsar_subscription: str = _setting("cirelay", "Subscription name for CI events.")
+    pulsar_subscription_type: Literal["Shared", "Failover", "Exclusive", "KeyShared"] = _setting(
+        "Shared", "Shared for TDMQ Queue mode; Failover/Exclusive for Topic mode."
+    )
+    pulsar_max_redeliveries: int = _setting(
+        5, "Deliveries of an unparseable message before it goes to the dead-letter topic."
+    )
+    pulsar_output_topic: str = _setting("", "Topic that receives every new canonical event.")
+    pulsar_intake_topic: str = _setting("", "Topic from which batch jobs are enqueued.")
+
+    # Emulator (`cirelay emulator`, `cirelay serve --sandbox`)
+    emulator_host: str = _setting("127.0.0.1", "Address `cirelay emulator` binds.")
+    emulator_port: int = _setting(8090, "Port `cirelay emulator` binds.")
+    emulator_credentials: str = _setting(
+        "", "Accepted keys as `id:key[,id:key]`.", secret=True
+    )
+    emulator_objects_per_prefix: int = _setting(
+        3, "Objects a Prefix/Manifest/UrlFile input expands to."
+    )
+    emulator_bucket_dir: str = _setting(
+        "", "Directory whose files stand for the bucket's objects (overrides the count above)."
+    )
+    emulator_job_seconds: float = _setting(1.0, "How long each media job runs.")
+    emulator_workers: int = _setting(4, "Media jobs running at once.")
+    emulator_failure_rate: float = _setting(0.0, "Probability that a media job fails.")
+    emulator_latency_ms: int = _setting(0, "Added latency on every API answer.")
+    emulator_error_rate: float = _setting(0.0, "Probability of a 5xx InternalError answer.")
+    emulator_throttle_rate: float = _setting(0.0, "Probability of a throttling (SlowDown) answer.")
+    emulator_qps: float = _setting(0.0, "API calls per second allowed; 0 = unlimited.")
+    emulator_duplicate_rate: float = _setting(0.0, "Probability a callback is delivered twice.")
+    emulator_reorder: bool = _setting(False, "Deliver each batch's callbacks in reverse order.")
+    emulator_drop_rate: float = _setting(0.0, "Probability a callback is never delivered.")
+    emulator_callback_retries: int = _setting(3, "Attempts of a failed URL callback delivery.")
+    emulator_pulsar_url: str = _setting("", "Pulsar URL for TDMQ callback delivery.")
+    emulator_pulsar_token: str = _setting("", "Pulsar token for TDMQ delivery.", secret=True)
+    emulator_state: str = _setting("", "SQLite file that keeps emulator state across restarts.")
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str], config_file: str | Path | None = None
+    ) -> Settings:
+        """Build settings from a TOML file (optional) overlaid by ``CIRELAY_*`` variables."""
+        raw: dict[str, tuple[str, Any]] = {}
+        if config_file is not None:
+            for key, value in _read_toml(Path(config_file)).items():
+                name = key.lower().removeprefix(PREFIX.lower())
+                raw[name] = (f"{config_file}: {key}", value)
+        for key, value in environ.items():
+            if key.startswith(PREFIX):
+                raw[key[len(PREFIX) :].lower()] = (key, value)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for name, (origin, value) in raw.items():
+            if name not in known:
+                raise SettingsError(origin, "unknown setting")
+            values[name] = _coerce(origin, hints[name], value)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules that hold whatever the mode."""
+        if not self.database_url.startswith("sqlite:///"):
+            raise SettingsError(env_name("database_url"), "only sqlite:///PATH is supported")
+        for name in ("port", "emulator_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingsError(env_name(name), "must be a port number 0-65535")
+        for name in ("workers", "ci_concurrency", "retry_max_attempts", "emulator_workers"):
+            if getattr(self, name) < 1:
+                raise SettingsError(env_name(name), "must be at least 1")
+        for name in ("ci_rate_limit", "lease_seconds", "max_body_bytes", "max_xml_depth"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(env_name(name), "must be greater than 0")
+        for name in (
+            "emulator_failure_rate",
+            "emulator_error_rate",
+            "emulator_throttle_rate",
+            "emulator_duplicate_rate",
+            "emulator_drop_rate",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SettingsError(env_name(name), "must be a probability between 0 and 1")
+        if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
+            raise SettingsError(env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://")
+
+    def check_serve(self) -> None:
+        """What `cirelay serve` needs to talk to the real CI (not checked in sandbox mode)."""
+        for name in ("api_token", "ci_secret_id", "ci_secret_key"):
+            if not getattr(self, name):
+                raise SettingsError(env_name(name), "is required (or run `cirelay serve --sandbox`)")
+
+    @property
+    def callback_key(self) -> bytes:
+        return derive_key(self.callback_secret or f"api:{self.api_token}")
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.database_url.removeprefix("sqlite:///")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(variable, type, default, description) for every setting: the README's reference table."""
+    rows = []
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        default = "" if f.metadata["secret"] else repr(f.default)
+        rows.append((env_name(f.name), _type_name(hints[f.name]), default, f.metadata["doc"]))
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " \\| ".join(str(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(str(path), f"cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(str(path), f"invalid TOML: {exc}") from exc
+    return data
+
+
+def _coerce(origin: str, tp: Any, value: Any) -> Any:
+    if typing.get_origin(tp) is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise SettingsError(origin, f"must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise SettingsError(origin, f"must be true or false; got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(origin, f"must be a number; got {value!r}")
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if tp is int else "a number"
+            raise SettingsError(origin, f"must be {kind}; got {value!r}") from None
+    if not isinstance(value, str):
+        raise SettingsError(origin, f"must be a string; got {value!r}")
+    return value
