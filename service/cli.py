@@ -13,6 +13,7 @@ from aiohttp import web
 from service import __version__
 from service.app import create_app
 from service.logging import configure_logging
+from service.reference import settings_markdown
 from service.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -30,11 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (CIRELAY_HOST)")
     serve.add_argument("--port", type=int, help="bind port (CIRELAY_PORT)")
     serve.add_argument("--config", help="TOML file with settings (CIRELAY_* names or field names)")
+
+    sub.add_parser(
+        "settings-reference", help="print the configuration reference (Markdown) for README"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "settings-reference":
+        print(settings_markdown())
+        return 0
     try:
         settings = Settings.load(os.environ, args.config)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
