@@ -1,0 +1,1 @@
+"""Callback ingestion: parse untrusted CI callbacks and normalise them into canonical events."""
