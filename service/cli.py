@@ -12,6 +12,8 @@ from aiohttp import web
 
 from service import __version__
 from service.app import create_app
+from service.emulator.app import check_emulator, run_emulator
+from service.emulator.sandbox import bind_loopback, install_sandbox, sandbox_settings
 from service.logging import configure_logging
 from service.reference import settings_markdown
 from service.settings import Settings, SettingsError
@@ -31,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (CIRELAY_HOST)")
     serve.add_argument("--port", type=int, help="bind port (CIRELAY_PORT)")
     serve.add_argument("--config", help="TOML file with settings (CIRELAY_* names or field names)")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run a local CI emulator in-process, with generated credentials (no Tencent account)",
+    )
+
+    emulator = sub.add_parser("emulator", help="run the local Tencent CI emulator")
+    emulator.add_argument("--host", help="bind address (CIRELAY_EMULATOR_HOST)")
+    emulator.add_argument("--port", type=int, help="bind port (CIRELAY_EMULATOR_PORT)")
+    emulator.add_argument(
+        "--config", help="TOML file with settings (CIRELAY_* names or field names)"
+    )
 
     sub.add_parser(
         "settings-reference", help="print the configuration reference (Markdown) for README"
@@ -43,21 +57,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "settings-reference":
         print(settings_markdown())
         return 0
+    sandbox = bind_loopback() if args.command == "serve" and args.sandbox else None
     try:
         settings = Settings.load(os.environ, args.config)
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        prefix = "emulator_" if args.command == "emulator" else ""
+        overrides = {
+            prefix + k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+        }
         settings = settings.replace(**overrides)
+        if sandbox is not None:
+            settings = sandbox_settings(settings, sandbox.getsockname()[1])
         settings.check()
-        if args.command == "serve":
+        if args.command == "serve" and sandbox is None:
             settings.check_serve()
+        if args.command == "emulator":
+            check_emulator(settings)
     except SettingsError as exc:
         print(f"cirelay: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if args.command == "emulator":
+        run_emulator(settings)
     if args.command == "serve":
         log.info("starting", version=__version__, host=settings.host, port=settings.port)
+        app = create_app(settings)
+        if sandbox is not None:
+            install_sandbox(app, settings, sandbox)
         web.run_app(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             print=None,

@@ -72,6 +72,9 @@ class Settings:
     retry_base_seconds: float = _setting(1.0, "Backoff base (full jitter) for retryable CI errors.")
     retry_cap_seconds: float = _setting(300.0, "Backoff cap.")
     retry_max_attempts: int = _setting(8, "Attempts before a job is dead-lettered (`dead`).")
+    submitter_enabled: bool = _setting(
+        True, "Run submitter workers in this process (false: intake and events only)."
+    )
 
     # Tencent CI
     ci_endpoint: str = _setting(
@@ -88,10 +91,16 @@ class Settings:
 
     # Events
     reconcile_seconds: float = _setting(30.0, "How often unfinished batches are polled at CI.")
+    reconcile_enabled: bool = _setting(
+        True, "Run the reconciler (batch polling, missed callbacks) in this process."
+    )
     reconcile_grace_seconds: float = _setting(
         60.0, "How long after a media job ends its callback may still arrive before it is polled."
     )
     rejected_body_max_bytes: int = _setting(65_536, "Bytes of a refused callback body kept.")
+    rejected_max_count: int = _setting(
+        10_000, "Refused callbacks kept for replay; the oldest are dropped beyond this."
+    )
 
     # Pulsar / TDMQ
     pulsar_url: str = _setting("", "Pulsar service URL (e.g. `pulsar://host:6650`); empty = off.")
@@ -104,7 +113,16 @@ class Settings:
         "Shared", "Shared for TDMQ Queue mode; Failover/Exclusive for Topic mode."
     )
     pulsar_max_redeliveries: int = _setting(
-        5, "Deliveries of an unparseable message before it goes to the dead-letter topic."
+        5, "Redeliveries of an unparseable message before it goes to the dead-letter topic."
+    )
+    pulsar_redelivery_delay_seconds: float = _setting(
+        1.0, "Delay before a negatively acknowledged (failed) message is delivered again."
+    )
+    pulsar_consumer_concurrency: int = _setting(
+        64, "Messages of a Pulsar subscription handled at once per process."
+    )
+    pulsar_receiver_queue_size: int = _setting(
+        1000, "Messages a Pulsar consumer prefetches; with the above, bounds memory."
     )
     pulsar_output_topic: str = _setting("", "Topic that receives every new canonical event.")
     pulsar_intake_topic: str = _setting("", "Topic from which batch jobs are enqueued.")
@@ -113,7 +131,9 @@ class Settings:
     emulator_host: str = _setting("127.0.0.1", "Address `cirelay emulator` binds.")
     emulator_port: int = _setting(8090, "Port `cirelay emulator` binds.")
     emulator_credentials: str = _setting(
-        "", "Accepted keys as `id:key[,id:key]`.", secret=True
+        "",
+        "Accepted keys as `id:key[,id:key]`; an `id:key:token` entry also requires that STS token.",
+        secret=True,
     )
     emulator_objects_per_prefix: int = _setting(
         3, "Objects a Prefix/Manifest/UrlFile input expands to."
@@ -131,7 +151,18 @@ class Settings:
     emulator_duplicate_rate: float = _setting(0.0, "Probability a callback is delivered twice.")
     emulator_reorder: bool = _setting(False, "Deliver each batch's callbacks in reverse order.")
     emulator_drop_rate: float = _setting(0.0, "Probability a callback is never delivered.")
-    emulator_callback_retries: int = _setting(3, "Attempts of a failed URL callback delivery.")
+    emulator_callback_retries: int = _setting(
+        3, "Retries of a failed callback delivery (URL or TDMQ) after the first attempt."
+    )
+    emulator_callback_retry_seconds: float = _setting(
+        1.0, "Backoff base between callback delivery attempts (doubles each retry)."
+    )
+    emulator_lost_response_rate: float = _setting(
+        0.0, "Probability that a call is carried out but answered 500 (the in-doubt case)."
+    )
+    emulator_seed: int = _setting(
+        -1, "Seed of the emulator's random choices (ids, failures, faults); -1 = unseeded."
+    )
     emulator_pulsar_url: str = _setting("", "Pulsar URL for TDMQ callback delivery.")
     emulator_pulsar_token: str = _setting("", "Pulsar token for TDMQ delivery.", secret=True)
     emulator_state: str = _setting("", "SQLite file that keeps emulator state across restarts.")
@@ -167,21 +198,50 @@ class Settings:
         for name in ("port", "emulator_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(env_name(name), "must be a port number 0-65535")
-        for name in ("workers", "ci_concurrency", "retry_max_attempts", "emulator_workers"):
+        for name in (
+            "workers",
+            "ci_concurrency",
+            "retry_max_attempts",
+            "emulator_workers",
+            "pulsar_consumer_concurrency",
+            "pulsar_receiver_queue_size",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(env_name(name), "must be at least 1")
         for name in ("ci_rate_limit", "lease_seconds", "max_body_bytes", "max_xml_depth"):
             if getattr(self, name) <= 0:
                 raise SettingsError(env_name(name), "must be greater than 0")
+        for name in ("reconcile_seconds", "rejected_max_count"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(env_name(name), "must be greater than 0")
+        for name in ("reconcile_grace_seconds", "rejected_body_max_bytes"):
+            if getattr(self, name) < 0:
+                raise SettingsError(env_name(name), "must not be negative")
         for name in (
             "emulator_failure_rate",
             "emulator_error_rate",
             "emulator_throttle_rate",
             "emulator_duplicate_rate",
             "emulator_drop_rate",
+            "emulator_lost_response_rate",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SettingsError(env_name(name), "must be a probability between 0 and 1")
+        if self.emulator_callback_retries < 0:
+            raise SettingsError(env_name("emulator_callback_retries"), "must be 0 or more")
+        for name in (
+            "emulator_job_seconds",
+            "emulator_callback_retry_seconds",
+            "emulator_qps",
+            "emulator_latency_ms",
+            "emulator_objects_per_prefix",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(env_name(name), "must be 0 or more")
+        if self.pulsar_max_redeliveries < 0:
+            raise SettingsError(env_name("pulsar_max_redeliveries"), "must be 0 or more")
+        if self.pulsar_redelivery_delay_seconds <= 0:
+            raise SettingsError(env_name("pulsar_redelivery_delay_seconds"), "must be greater than 0")
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
             raise SettingsError(env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://")
 
