@@ -1,0 +1,218 @@
+"""`/v1/jobs`: enqueue, read, list, cancel and retry batch jobs (JSON in and out)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from service.api.errors import ApiError
+from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
+from service.ci.errors import CIError
+from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
+from service.intake import IntakeError, check_idempotency_key, enqueue, resolve_target
+from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
+from service.request import RequestInvalid, parse_request
+from service.xmlsafe import DocumentError
+
+routes = web.RouteTableDef()
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+_CURSOR_PREFIX = "v1:"
+# CI statuses that refuse a cancel for the job's own sake (its state, or CI no longer has it).
+_CI_JOB_REFUSALS = frozenset({400, 404, 409})
+
+
+@routes.post("/v1/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        target = resolve_target(
+            settings, request.query.get("bucket"), request.query.get("region")
+        )
+        key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    except IntakeError as exc:
+        details = [{"path": exc.field, "message": exc.message}]
+        raise ApiError(400, exc.code, exc.message, details) from None
+    content_type = request.headers.get("Content-Type", "")
+    if content_type and not any(kind in content_type.lower() for kind in ("json", "xml")):
+        raise ApiError(
+            415, "unsupported_media_type", "send the Request as application/json or application/xml"
+        )
+    body = await request.read()  # over max_body_bytes: 413 from aiohttp, rendered by middleware
+    try:
+        batch = parse_request(body, content_type, max_depth=settings.max_xml_depth)
+    except DocumentError as exc:
+        raise ApiError(400, "invalid_document", exc.message, [{"reason": exc.reason}]) from None
+    except RequestInvalid as exc:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the Request breaks {len(exc.errors)} rule(s)",
+            [error.as_dict() for error in exc.errors],
+        ) from None
+    try:
+        job, created = await enqueue(
+            request.app[QUEUE],
+            batch,
+            target,
+            via="http",
+            idempotency_key=key,
+            metrics=request.app[METRICS],
+        )
+    except IdempotencyConflict as exc:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used for a different request",
+            [{"job_id": exc.existing.id}],
+        ) from None
+    return web.json_response(
+        job_view(job),
+        status=202 if created else 200,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    states = _states(request.query.get("state", ""))
+    limit = _limit(request.query.get("limit"))
+    before = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+    jobs = await request.app[QUEUE].list_jobs(states=states, limit=limit + 1, before_seq=before)
+    page, more = jobs[:limit], len(jobs) > limit
+    return web.json_response(
+        {
+            "jobs": [job_view(job, with_events=False) for job in page],
+            "next_cursor": _encode_cursor(page[-1].seq) if more else None,
+        }
+    )
+
+
+@routes.get("/v1/jobs/{id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[QUEUE].get(request.match_info["id"])
+    if job is None:
+        raise _not_found(request.match_info["id"])
+    view = job_view(job)
+    view["events"] = await request.app[EVENT_STORE].for_job(job.id)
+    return web.json_response(view)
+
+
+@routes.post("/v1/jobs/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    app, job_id = request.app, request.match_info["id"]
+    try:
+        job = await cancel_job(app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], job_id)
+    except JobNotFound as exc:
+        raise _not_found(exc.job_id) from None
+    except JobStateConflict as exc:
+        details = [{"state": exc.job.state}]
+        raise ApiError(409, "job_not_cancellable", exc.message, details) from None
+    except CIError as exc:
+        ci_details: list[dict[str, Any]] = [
+            {"status": exc.status, "code": exc.code, "message": exc.message}
+        ]
+        if exc.status in _CI_JOB_REFUSALS:
+            # The job ended at CI before its event reached us: a state conflict like any ended
+            # job's, not a failure on our side or CI's.
+            raise ApiError(
+                409, "job_not_cancellable", "CI refused to cancel the job", ci_details
+            ) from None
+        raise ApiError(502, "ci_error", "CI failed the cancel call", ci_details) from None
+    return web.json_response(job_view(job))
+
+
+@routes.post("/v1/jobs/{id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    try:
+        job = await retry_job(request.app[QUEUE], request.match_info["id"])
+    except JobNotFound as exc:
+        raise _not_found(exc.job_id) from None
+    except JobStateConflict as exc:
+        raise ApiError(409, "job_not_retryable", exc.message, [{"state": exc.job.state}]) from None
+    return web.json_response(job_view(job))
+
+
+def job_view(job: JobRecord, *, with_events: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": job.id,
+        "state": job.state,
+        "bucket": job.bucket,
+        "region": job.region,
+        "tag": job.tag,
+        "job_level": job.job_level,
+        "request": job.request,
+        "ci_name": job.submit_name,
+        "ci_job_id": job.ci_job_id,
+        "attempts": job.attempts,
+        "last_error": job.last_error.as_dict() if job.last_error else None,
+        "created_at": rfc3339(job.created_at),
+        "submitted_at": rfc3339(job.submitted_at),
+        "finished_at": rfc3339(job.finished_at),
+    }
+    if with_events:
+        view["events"] = []
+    return view
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job {job_id}")
+
+
+def _states(raw: str) -> list[str]:
+    states = [s for s in (part.strip() for part in raw.split(",")) if s]
+    unknown = [s for s in states if s not in JOB_STATES]
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"unknown state(s) {', '.join(unknown)}; expected some of {', '.join(JOB_STATES)}",
+            [{"path": "query.state", "message": "unknown state"}],
+        )
+    return states
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"limit must be an integer from 1 to {MAX_LIMIT}",
+            [{"path": "query.limit", "message": f"got {raw!r}"}],
+        )
+    return limit
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if text.startswith(_CURSOR_PREFIX):
+            return int(text[len(_CURSOR_PREFIX) :])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ApiError(
+        400, "invalid_cursor", "cursor is not one this API returned",
+        [{"path": "query.cursor", "message": "malformed"}],
+    )
