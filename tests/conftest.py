@@ -11,6 +11,9 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.settings import Settings
 
+# The real Pulsar broker (session fixture ``pulsar_broker``), started only if a test asks for it.
+pytest_plugins = ["tests.pulsar_broker"]
+
 API_TOKEN = "test-api-token"
 
 

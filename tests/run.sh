@@ -21,6 +21,9 @@ echo "==> pip install -e .[test]"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
+echo "==> Apache Pulsar broker jars (tests/pulsar/standalone.sh prepare)"
+tests/pulsar/standalone.sh prepare
+
 echo "==> deploy tools (promtool, prometheus, kubeconform, kustomize, docker compose, schemas)"
 deploy/check.sh install
 
