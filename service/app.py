@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import structlog
 from aiohttp import web
 
-from service.api import health, metrics
+from service.api import callbacks, docs, events, health, jobs, metrics
 from service.api.middleware import request_context
-from service.appkeys import DB, HTTP, METRICS, READINESS, SETTINGS
+from service.appkeys import (
+    CI_CLIENT,
+    DB,
+    EVENT_PIPELINE,
+    EVENT_STORE,
+    HTTP,
+    METRICS,
+    QUEUE,
+    RATE_LIMITER,
+    READINESS,
+    SETTINGS,
+    SUBMITTER,
+)
+from service.ci.client import CIClient
+from service.ci.signing import Credentials
 from service.db import Database
+from service.events.pipeline import EventPipeline
+from service.events.store import EventStore
+from service.intake import preinitialise_metrics
 from service.metrics import Metrics
+from service.pulsar.context import pulsar_ctx
+from service.queue import SQLiteJobQueue
+from service.queue.gauges import refresh_queue_gauges
+from service.ratelimit import RateLimiter
+from service.reconcile import Reconciler
 from service.settings import Settings
+from service.submitter import Submitter, preinitialise_outcomes
+
+log = structlog.get_logger(__name__)
+
+# How often the queue gauges are recomputed from the database.
+QUEUE_GAUGE_SECONDS = 5.0
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -35,6 +67,96 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    queue = await SQLiteJobQueue.open(app[DB])
+    app[QUEUE] = queue
+    metrics = app[METRICS]
+    preinitialise_metrics(metrics)
+    preinitialise_outcomes(metrics)
+
+    async def refresh() -> None:
+        while True:
+            try:
+                await refresh_queue_gauges(queue, metrics, now=time.time())
+            except Exception:  # a failed refresh leaves stale gauges, not a dead task
+                log.exception("queue_gauges_failed")
+            await asyncio.sleep(QUEUE_GAUGE_SECONDS)
+
+    task = asyncio.create_task(refresh(), name="queue-gauges")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def ci_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[CI_CLIENT] = CIClient(
+        app[HTTP],
+        Credentials(settings.ci_secret_id, settings.ci_secret_key, settings.ci_token),
+        endpoint=settings.ci_endpoint,
+        timeout=settings.ci_timeout_seconds,
+        metrics=app[METRICS],
+    )
+    app[RATE_LIMITER] = RateLimiter(settings.ci_rate_limit, settings.ci_concurrency)
+    yield
+
+
+async def submitter_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.submitter_enabled:
+        yield
+        return
+    submitter = Submitter(
+        app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], settings, app[METRICS]
+    )
+    app[SUBMITTER] = submitter
+    submitter.start()
+    yield
+    # Runs on SIGTERM (aiohttp cleanup): stop claiming, let in-flight work finish, release the rest.
+    await submitter.stop(settings.shutdown_grace_seconds)
+
+
+async def events_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = await EventStore.open(
+        app[DB],
+        # Outbox entries only when a publisher drains them; otherwise they would pile up forever.
+        outbox=bool(settings.pulsar_url and settings.pulsar_output_topic),
+        rejected_body_max_bytes=settings.rejected_body_max_bytes,
+        rejected_max_count=settings.rejected_max_count,
+    )
+    app[EVENT_STORE] = store
+    app[EVENT_PIPELINE] = EventPipeline(
+        store, app[QUEUE], app[METRICS], max_depth=settings.max_xml_depth
+    )
+    yield
+    # In-flight callbacks finished before cleanup began; commit what they handed over.
+    await store.close()
+
+
+async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.reconcile_enabled:
+        yield
+        return
+    reconciler = Reconciler(
+        app[QUEUE],
+        app[CI_CLIENT],
+        app[EVENT_STORE],
+        app[EVENT_PIPELINE],
+        app[METRICS],
+        interval=settings.reconcile_seconds,
+        grace=settings.reconcile_grace_seconds,
+        concurrency=settings.ci_concurrency,
+    )
+    task = asyncio.create_task(reconciler.run(), name="reconciler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_context], client_max_size=settings.max_body_bytes
@@ -42,7 +164,22 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[READINESS] = {}
-    app.cleanup_ctx.extend([database_ctx, http_ctx])
+    app.cleanup_ctx.extend(
+        [
+            database_ctx,
+            http_ctx,
+            queue_ctx,
+            events_ctx,
+            ci_client_ctx,
+            submitter_ctx,
+            reconcile_ctx,
+            pulsar_ctx,
+        ]
+    )
     app.add_routes(health.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(docs.routes)
+    app.add_routes(jobs.routes)
+    app.add_routes(callbacks.routes)
+    app.add_routes(events.routes)
     return app

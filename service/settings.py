@@ -8,6 +8,7 @@ use either spelling. The environment wins over the file. Nothing else in cirelay
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -241,7 +242,8 @@ class Settings:
         if self.pulsar_max_redeliveries < 0:
             raise SettingsError(env_name("pulsar_max_redeliveries"), "must be 0 or more")
         if self.pulsar_redelivery_delay_seconds <= 0:
-            raise SettingsError(env_name("pulsar_redelivery_delay_seconds"), "must be greater than 0")
+            variable = env_name("pulsar_redelivery_delay_seconds")
+            raise SettingsError(variable, "must be greater than 0")
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
             raise SettingsError(env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://")
 
@@ -251,7 +253,7 @@ class Settings:
             if not getattr(self, name):
                 raise SettingsError(env_name(name), "is required (or run `cirelay serve --sandbox`)")
 
-    @property
+    @functools.cached_property  # read on every callback: derive the key once
     def callback_key(self) -> bytes:
         return derive_key(self.callback_secret or f"api:{self.api_token}")
 

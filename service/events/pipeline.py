@@ -1,0 +1,174 @@
+"""One path for every event source: parse → normalise → link to job → store → job state → metrics.
+
+The HTTP callback route, the Pulsar consumer and the reconciler all come through here, so an event
+is keyed, linked and counted the same way whoever delivered it. A caller may acknowledge its
+delivery (2xx, Pulsar ack) once ``ingest`` returns: the events are committed by then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import structlog
+from prometheus_client import Counter
+
+from service.events.store import EventStore
+from service.ingest.normalize import SOURCES, normalize
+from service.ingest.parse import EventRejected, parse_callback
+from service.metrics import Metrics
+from service.queue import JobQueue
+
+log = structlog.get_logger(__name__)
+
+EVENT_TYPES = ("TaskFinish", "WorkflowFinish", "BatchFinish")
+# Links of recently seen jobs, so a batch's many callbacks cost one job read, not one each.
+_LINK_CACHE_SIZE = 4096
+
+
+class IngestResult(NamedTuple):  # a tuple: cheap to build once per callback
+    event_ids: tuple[str, ...]
+    new_events: int
+    duplicates: int
+
+
+@dataclass(slots=True)
+class _JobLink:
+    batch_id: str  # the job's CI batch JobId: set once the job was submitted, never changed
+    running: bool  # known to be past ``submitted``: no state change to make
+
+
+class EventPipeline:
+    def __init__(
+        self,
+        store: EventStore,
+        queue: JobQueue,
+        metrics: Metrics,
+        *,
+        max_depth: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._metrics = metrics
+        self._max_depth = max_depth
+        self._clock = clock
+        # Insertion-ordered: when full, the oldest link is dropped (it is only ever re-read).
+        self._links: dict[str, _JobLink] = {}
+        # A label lookup costs more than the increment; the label sets are few and fixed, and
+        # made at once so that every series exists (at 0) before its first event.
+        self._received: dict[tuple[str, str, str], Counter] = {
+            key: metrics.events_received.labels(*key)
+            for key in itertools.product(SOURCES, ("xml", "json"), EVENT_TYPES)
+        }
+        for source in SOURCES:
+            metrics.events_duplicate.labels(source)
+
+    async def ingest(
+        self,
+        body: bytes,
+        content_type: str,
+        *,
+        source: str,
+        cirelay_job_id: str | None = None,
+    ) -> IngestResult:
+        """Take one delivered callback document; ``cirelay_job_id`` when the delivery named our
+        job (a per-job callback token). Raises ``EventRejected`` after keeping the body."""
+        received = datetime.fromtimestamp(self._clock(), UTC)
+        try:
+            parsed = parse_callback(body, content_type, max_depth=self._max_depth)
+            events = normalize(parsed, source=source, received_at=received)
+        except EventRejected as exc:
+            await self.reject(
+                body, content_type, source=source, reason=exc.reason, message=exc.message
+            )
+            raise
+        link = None
+        if cirelay_job_id is not None:
+            link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
+            for event in events:
+                event["cirelay_job_id"] = cirelay_job_id
+                event["batch_id"] = link.batch_id if link is not None else None
+        return await self.store(events, link=link)
+
+    async def store(
+        self, events: Sequence[dict[str, Any]], *, link: _JobLink | None = None
+    ) -> IngestResult:
+        """Store canonical events, move their job to ``running``, count them."""
+        flags = await self._store.store(events)
+        new = []
+        for event, is_new in zip(events, flags, strict=True):
+            if is_new:
+                new.append(event)
+            else:
+                self._metrics.events_duplicate.labels(event["source"]).inc()
+        if new:
+            await self._mark_running(new, link)
+        now = self._clock()
+        for event in new:
+            self._count_received(
+                event["source"], event.get("format") or "none", event["event_type"]
+            )
+            ended = event.get("ended_at")
+            if ended:
+                self._metrics.event_lag.observe(max(0.0, now - _epoch(ended)))
+        return IngestResult(
+            event_ids=tuple(event["event_id"] for event in events),
+            new_events=len(new),
+            duplicates=len(events) - len(new),
+        )
+
+    def _count_received(self, source: str, fmt: str, event_type: str) -> None:
+        key = (source, fmt, event_type)
+        counter = self._received.get(key)
+        if counter is None:
+            counter = self._received[key] = self._metrics.events_received.labels(*key)
+        counter.inc()
+
+    async def reject(
+        self, body: bytes, content_type: str, *, source: str, reason: str, message: str
+    ) -> None:
+        """Keep a refused delivery's body (bounded) with its reason, and count it."""
+        received = datetime.fromtimestamp(self._clock(), UTC)
+        await self._store.reject(
+            received_at=rfc3339(received),
+            source=source,
+            reason=reason,
+            message=message,
+            content_type=content_type,
+            body=body,
+        )
+        self._metrics.events_rejected.labels(source, reason).inc()
+        log.info("event_rejected", source=source, reason=reason, size=len(body))
+
+    async def _load_link(self, cirelay_job_id: str) -> _JobLink | None:
+        job = await self._queue.get(cirelay_job_id)
+        if job is None or job.ci_job_id is None:
+            # Not submitted yet as far as we know (CI called back before the submitter recorded
+            # the JobId): the reconciler fills the batch id in later.
+            return None
+        link = _JobLink(batch_id=job.ci_job_id, running=job.state != "submitted")
+        self._links[cirelay_job_id] = link
+        if len(self._links) > _LINK_CACHE_SIZE:
+            del self._links[next(iter(self._links))]
+        return link
+
+    async def _mark_running(self, new: list[dict[str, Any]], link: _JobLink | None) -> None:
+        if link is not None and link.running:
+            return
+        for job_id in {e["cirelay_job_id"] for e in new if e.get("cirelay_job_id")}:
+            await self._queue.mark_running(job_id)
+        if link is not None:
+            link.running = True
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()

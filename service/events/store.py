@@ -1,0 +1,459 @@
+"""Canonical events stored once, by ``event_id``, with group commit; the feed; the outbox.
+
+Group commit: every ``store()``/``reject()`` call hands its rows to one writer task and awaits a
+future. The writer takes everything that queued up while the previous transaction ran and writes
+it in one transaction, so under load one COMMIT (one WAL sync) serves many callbacks, and at low
+load a lone callback is written at once, with no added wait. A future resolves only after COMMIT:
+callers answer CI (or ack Pulsar) only once their event is durable.
+
+Sequence numbers (``seq``) are assigned inside the single writer transaction of the database, so a
+reader never sees seq N+1 committed while N is still in flight: the feed's cursor is stable.
+
+The outbox is a flag on the event row (``unpublished = 1``, found through a partial index), set by
+the statement that inserts the event: an event is never stored without its outbox entry, and no
+second table is written on the hot path. It is set only when a publisher drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+import structlog
+
+from service.db import Database, Migration
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = (
+    Migration(
+        1,
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            format TEXT,
+            job_id TEXT,
+            batch_id TEXT,
+            cirelay_job_id TEXT,
+            received_at TEXT NOT NULL,
+            unpublished INTEGER,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX events_by_cirelay_job ON events (cirelay_job_id, seq);
+        CREATE INDEX events_by_job ON events (job_id, seq);
+        CREATE INDEX events_outbox ON events (seq) WHERE unpublished = 1;
+        CREATE TABLE rejected_callbacks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            message TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            body_bytes INTEGER NOT NULL,
+            body BLOB NOT NULL
+        )
+        """,
+    ),
+)
+
+_EVENT_COLUMNS = (
+    "event_id, event_type, source, format, job_id, batch_id, cirelay_job_id, received_at,"
+    " unpublished, body"
+)
+_EVENT_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_REJECTED = (
+    "INSERT INTO rejected_callbacks (received_at, source, reason, message, content_type,"
+    " body_bytes, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# SQLite's default limit on host parameters is far above this; chunks keep statements small.
+_IN_CHUNK = 500
+# Events per INSERT: one statement per transaction, and few distinct statement texts to cache.
+_MAX_BATCH_ROWS = 64
+
+
+class StoreClosed(RuntimeError):
+    """The store is shutting down and takes no more writes."""
+
+
+@dataclass(frozen=True)
+class RejectedCallback:
+    id: int
+    received_at: str
+    source: str
+    reason: str
+    message: str
+    content_type: str
+    body_bytes: int  # size of the body as received; ``body`` may be a truncated prefix
+    body: bytes
+
+
+@dataclass
+class _EventWrite:
+    rows: list[tuple[Any, ...]]
+    future: asyncio.Future[list[bool]]
+
+
+@dataclass
+class _RejectWrite:
+    row: tuple[Any, ...]
+    future: asyncio.Future[list[bool]]
+
+
+_Write = _EventWrite | _RejectWrite
+
+
+class EventStore:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        outbox: bool,
+        rejected_body_max_bytes: int,
+        rejected_max_count: int,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._rejected_body_max_bytes = rejected_body_max_bytes
+        self._rejected_max_count = rejected_max_count
+        self._pending: collections.deque[_Write] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        db: Database,
+        *,
+        outbox: bool,
+        rejected_body_max_bytes: int,
+        rejected_max_count: int,
+    ) -> EventStore:
+        """Migrate the schema and start the writer. ``outbox``: keep outbox rows for a publisher."""
+        await db.migrate("events", MIGRATIONS)
+        store = cls(
+            db,
+            outbox=outbox,
+            rejected_body_max_bytes=rejected_body_max_bytes,
+            rejected_max_count=rejected_max_count,
+        )
+        store._writer = asyncio.create_task(store._run(), name="event-store-writer")
+        return store
+
+    async def close(self) -> None:
+        """Refuse new writes, commit everything already handed over, stop the writer."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+
+    # --- writes (group commit) --------------------------------------------------------------
+
+    async def store(self, events: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Store events; one flag per event: True = new, False = a duplicate of a stored one.
+
+        Returns only after the transaction holding them committed.
+        """
+        if not events:
+            return []
+        unpublished = 1 if self._outbox else None
+        rows = [_event_row(e, unpublished) for e in events]
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._submit(_EventWrite(rows, future))
+        return await future
+
+    async def reject(
+        self,
+        *,
+        received_at: str,
+        source: str,
+        reason: str,
+        message: str,
+        content_type: str,
+        body: bytes,
+    ) -> None:
+        """Keep a refused callback (body cut to the configured size) for replay after a fix."""
+        row = (
+            received_at,
+            source,
+            reason,
+            message,
+            content_type,
+            len(body),
+            body[: self._rejected_body_max_bytes],
+        )
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._submit(_RejectWrite(row, future))
+        await future
+
+    def _submit(self, write: _Write) -> None:
+        if self._closing:
+            raise StoreClosed("event store is closed")
+        self._pending.append(write)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    # One turn of the event loop first: callbacks already read and being parsed
+                    # join this batch instead of each paying for a transaction of their own.
+                    await asyncio.sleep(0)
+                    await self._write(self._take_batch())
+                if self._closing:
+                    return
+        finally:
+            # Only reached with writes pending if the writer itself was cancelled.
+            while self._pending:
+                _resolve(self._pending.popleft(), StoreClosed("event store writer stopped"))
+
+    def _take_batch(self) -> list[_Write]:
+        batch: list[_Write] = []
+        rows = 0
+        while self._pending and (not batch or rows < _MAX_BATCH_ROWS):
+            write = self._pending.popleft()
+            batch.append(write)
+            rows += len(write.rows) if isinstance(write, _EventWrite) else 1
+        return batch
+
+    async def _write(self, batch: list[_Write]) -> None:
+        try:
+            new_ids = await self._commit(batch)
+        except asyncio.CancelledError:
+            for write in batch:
+                _resolve(write, StoreClosed("event store writer stopped"))
+            raise
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad write must not fail its neighbours: retry each in its own transaction.
+                for write in batch:
+                    await self._write([write])
+                return
+            log.warning("event_store_write_failed", error=f"{type(exc).__name__}: {exc}")
+            _resolve(batch[0], exc)
+            return
+        for write in batch:
+            if isinstance(write, _EventWrite):
+                flags = []
+                for row in write.rows:
+                    # The same event twice in one batch: the first caller gets it, others dup.
+                    is_new = row[0] in new_ids
+                    new_ids.discard(row[0])
+                    flags.append(is_new)
+                _resolve(write, flags)
+            else:
+                _resolve(write, [])
+
+    async def _commit(self, batch: list[_Write]) -> set[str]:
+        """Write a batch; the ids of the events that were new (not already stored)."""
+        event_rows = [row for w in batch if isinstance(w, _EventWrite) for row in w.rows]
+        reject_rows = [w.row for w in batch if isinstance(w, _RejectWrite)]
+        new_ids: set[str] = set()
+        if event_rows:
+            # One statement, so one trip to the database thread per batch: in autocommit mode it
+            # is its own transaction, committed when it returns. The lock keeps it out of other
+            # tasks' transactions on the shared connection. RETURNING names the rows inserted:
+            # duplicates of stored events (or of an earlier row in the batch) are skipped.
+            async with self._db.reading() as conn:
+                rows = await conn.execute_fetchall(
+                    _insert_events_sql(len(event_rows)),
+                    [value for row in event_rows for value in row],
+                )
+            new_ids = {row[0] for row in rows}
+        if reject_rows:
+            async with self._db.transaction() as conn:
+                await conn.executemany(_INSERT_REJECTED, reject_rows)
+                await conn.execute(
+                    "DELETE FROM rejected_callbacks"
+                    " WHERE id <= (SELECT MAX(id) FROM rejected_callbacks) - ?",
+                    (self._rejected_max_count,),
+                )
+        return new_ids
+
+    # --- linking (the reconciler) -----------------------------------------------------------
+
+    async def link_job(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
+    ) -> int:
+        """Attach events to their batch and job: the job's own events that lacked the batch id
+        (a callback faster than the submitter's record), and events of the batch's media jobs
+        that came without a per-job token. Existing links are kept. Returns rows changed."""
+        changed = 0
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
+                (batch_id, cirelay_job_id),
+            )
+            changed += cur.rowcount
+            for chunk in _chunks(list(media_job_ids)):
+                cur = await conn.execute(
+                    "UPDATE events SET batch_id = COALESCE(batch_id, ?),"
+                    " cirelay_job_id = COALESCE(cirelay_job_id, ?)"
+                    f" WHERE job_id IN ({_marks(chunk)})"
+                    " AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
+                    (batch_id, cirelay_job_id, *chunk),
+                )
+                changed += cur.rowcount
+        return changed
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def feed(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        job_id: str | None = None,
+        event_type: str | None = None,
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, event) in insertion order after ``after``; ``job_id`` matches our job id or
+        CI's JobId (the media job's; the batch's for BatchFinish)."""
+        where = ["seq > ?"]
+        params: list[Any] = [after]
+        if job_id is not None:
+            where.append("(cirelay_job_id = ? OR job_id = ?)")
+            params += [job_id, job_id]
+        if event_type is not None:
+            where.append("event_type = ?")
+            params.append(event_type)
+        sql = (
+            "SELECT seq, batch_id, cirelay_job_id, body FROM events"
+            f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall(sql, (*params, limit))
+        return [(row["seq"], _event(row)) for row in rows]
+
+    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
+        """Every event of one of our jobs, oldest first."""
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT batch_id, cirelay_job_id, body FROM events"
+                " WHERE cirelay_job_id = ? ORDER BY seq",
+                (cirelay_job_id,),
+            )
+        return [_event(row) for row in rows]
+
+    async def has_events(self, cirelay_job_id: str) -> bool:
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT 1 FROM events WHERE cirelay_job_id = ? LIMIT 1", (cirelay_job_id,)
+            )
+        return bool(list(rows))
+
+    async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
+        """Which of these CI JobIds already have an event of ``event_type``."""
+        found: set[str] = set()
+        async with self._db.reading() as conn:
+            for chunk in _chunks(list(job_ids)):
+                rows = await conn.execute_fetchall(
+                    f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({_marks(chunk)})"
+                    " AND event_type = ?",
+                    (*chunk, event_type),
+                )
+                found.update(row[0] for row in rows)
+        return found
+
+    async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
+        """Refused callbacks kept for replay, oldest first."""
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
+                " FROM rejected_callbacks WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+        return [RejectedCallback(*row) for row in rows]
+
+    # --- the outbox (drained by the Pulsar publisher) ---------------------------------------
+
+    async def outbox_pending(self) -> int:
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall("SELECT COUNT(*) FROM events WHERE unpublished = 1")
+        return int(next(iter(rows))[0])
+
+    async def outbox_batch(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest unpublished events as (seq, event); ``outbox_done`` takes them off."""
+        async with self._db.reading() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT seq, batch_id, cirelay_job_id, body FROM events"
+                " WHERE unpublished = 1 ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+        return [(row["seq"], _event(row)) for row in rows]
+
+    async def outbox_done(self, seqs: Iterable[int]) -> None:
+        async with self._db.transaction() as conn:
+            for chunk in _chunks(list(seqs)):
+                await conn.execute(
+                    f"UPDATE events SET unpublished = NULL WHERE seq IN ({_marks(chunk)})", chunk
+                )
+
+
+def _event_row(event: Mapping[str, Any], unpublished: int | None) -> tuple[Any, ...]:
+    return (
+        event["event_id"],
+        event["event_type"],
+        event["source"],
+        event.get("format"),
+        event.get("job_id"),
+        event.get("batch_id"),
+        event.get("cirelay_job_id"),
+        event["received_at"],
+        unpublished,
+        _dumps(event),
+    )
+
+
+def _dumps(event: Mapping[str, Any]) -> str:
+    # orjson is several times faster than json on the hot path; it refuses integers beyond 64
+    # bits, which a hostile JSON document may carry in ``document``: json writes those.
+    try:
+        return orjson.dumps(event).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=_MAX_BATCH_ROWS)
+def _insert_events_sql(rows: int) -> str:
+    return (
+        f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {', '.join([_EVENT_MARKS] * rows)}"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    )
+
+
+def _event(row: aiosqlite.Row) -> dict[str, Any]:
+    # Links can be learned after the event was stored; the columns are the truth for them.
+    event: dict[str, Any] = json.loads(row["body"])  # exact (orjson reads big ints as floats)
+    event["batch_id"] = row["batch_id"]
+    event["cirelay_job_id"] = row["cirelay_job_id"]
+    return event
+
+
+def _resolve(write: _Write, outcome: list[bool] | BaseException) -> None:
+    if write.future.done():  # the caller went away; its rows may still have been committed
+        return
+    if isinstance(outcome, BaseException):
+        write.future.set_exception(outcome)
+    else:
+        write.future.set_result(outcome)
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _marks(chunk: Sequence[Any]) -> str:
+    return ", ".join("?" * len(chunk))

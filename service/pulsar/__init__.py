@@ -1,0 +1,1 @@
+"""TDMQ for Pulsar: CI events in, canonical events out (from the outbox), batch jobs in."""

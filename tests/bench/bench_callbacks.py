@@ -1,0 +1,324 @@
+"""Benchmark: durable callback ingestion against a bare aiohttp handler, side by side in one run.
+
+    python -m tests.bench.bench_callbacks [--seconds 10] [--connections 16]
+
+Each server runs in its own process pinned to core 0; wrk runs pinned to core 1 and posts unique
+TaskFinish callbacks (the documented Transcode sample with MediaInfo, a new JobId per request),
+in XML and in JSON, to:
+
+- bare: an aiohttp app whose one handler reads the body and answers 200;
+- cirelay: the real service app (``create_app``: middleware, per-job token, parse, normalise,
+  link, group-committed SQLite store, job state, metrics) on a fresh database file.
+
+Neither server writes access logs, so the comparison is of the request path itself. Prints one
+line per run and a JSON summary; the goal (issue 5) is cirelay/bare >= 0.5 at p99 < 20 ms.
+Needs ``wrk`` (Debian package ``wrk``). A benchmark, never a test: nothing here asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from service.app import create_app
+from service.db import Database
+from service.emulator.documents import task_finish
+from service.queue import SQLiteJobQueue
+from service.tokens import callback_token
+from tests.events.support import events_settings, submitted_job
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "callbacks"
+SAMPLE_JOB_ID = "j94f9b32cb8bfeff04af295b059e59c2b"
+# A Transcode media job as the emulator reports it (the shape of its TaskFinish callbacks).
+COMPACT_DETAIL: dict[str, Any] = {
+    "Code": "Success",
+    "Message": "",
+    "JobId": SAMPLE_JOB_ID,
+    "Tag": "Transcode",
+    "State": "Success",
+    "CreationTime": "2022-06-30T18:47:18+0800",
+    "StartTime": "2022-06-30T18:47:20+0800",
+    "EndTime": "2022-06-30T18:48:02+0800",
+    "QueueId": "p90ea2f7a998f7611ff25dcbefcb37fc3",
+    "Input": {"BucketId": "media-1250000000", "Object": "in/demo.mp4", "Region": "ap-guangzhou"},
+    "Operation": {
+        "TemplateId": "t1460606b9752148c4ab182f55163ba7cd",
+        "TemplateName": "MP4-H264-FHD",
+        "Output": {
+            "Region": "ap-guangzhou",
+            "Bucket": "media-1250000000",
+            "Object": "out/demo.mp4",
+        },
+        "MediaResult": {
+            "OutputFile": {
+                "Bucket": "media-1250000000",
+                "Region": "ap-guangzhou",
+                "ObjectName": ["out/demo.mp4"],
+                "ObjectPrefix": "",
+                "Md5Info": [
+                    {"ObjectName": "out/demo.mp4", "Md5": "e8c802ed78ba7f4c6a2fb5144cba7cbc"}
+                ],
+            }
+        },
+        "UserData": "order-20220630-0042",
+        "JobLevel": "0",
+    },
+}
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+# wrk script: every request gets a JobId unique across threads and runs.
+LUA = r"""
+local counter = 0
+local prefix, suffix, tag
+local thread_count = 0
+function setup(thread)
+  thread:set("tid", thread_count)
+  thread_count = thread_count + 1
+end
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  local body = f:read("*a")
+  f:close()
+  local at = assert(string.find(body, args[2], 1, true))
+  prefix = string.sub(body, 1, at - 1)
+  suffix = string.sub(body, at + string.len(args[2]))
+  tag = args[3] .. "-" .. tostring(tid) .. "-"
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = args[4]
+end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, prefix .. tag .. counter .. suffix)
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- the servers (run in child processes) -------------------------------------------------------
+
+
+def _bare_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/v1/callbacks/{token}", handler)
+    return app
+
+
+def _serve(kind: str, port: int, db: str, token_file: str) -> None:
+    os.sched_setaffinity(0, {SERVER_CORE})
+    if kind == "bare":
+        web.run_app(_bare_app(), host="127.0.0.1", port=port, print=None, access_log=None)
+        return
+    settings = events_settings(Path(db).parent).replace(database_url=f"sqlite:///{db}")
+    job_id = asyncio.run(_submitted_job(db))
+    Path(token_file).write_text(callback_token(settings.callback_key, job_id))
+    web.run_app(create_app(settings), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def _submitted_job(db: str) -> str:
+    """The job whose batch the callbacks report on (its token is in every callback URL)."""
+    database = await Database.open(db)
+    try:
+        job = await submitted_job(await SQLiteJobQueue.open(database))
+    finally:
+        await database.close()
+    return job.id
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = _free_port()
+    db = workdir / f"{kind}-{port}.db"
+    token_file = workdir / f"{kind}-{port}.token"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.bench_callbacks",
+            "--serve",
+            kind,
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            "--token-file",
+            str(token_file),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{kind} server exited with {proc.returncode}")
+        ready = kind == "bare" or token_file.exists()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                if ready:
+                    token = token_file.read_text() if kind != "bare" else "bare"
+                    return proc, port, token
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"{kind} server did not start")
+
+
+def _write_samples(workdir: Path) -> None:
+    """The bodies wrk posts: ``compact.*`` as the emulator sends a Transcode TaskFinish, and
+    ``full.*`` the documented sample with its MediaInfo (4.4 KB of XML)."""
+    for fmt in ("xml", "json"):
+        body, _ = task_finish(COMPACT_DETAIL, fmt.upper(), random.Random(3))
+        (workdir / f"compact.{fmt}").write_bytes(body)
+        (workdir / f"full.{fmt}").write_bytes((FIXTURES / f"transcode.{fmt}").read_bytes())
+    (workdir / "callbacks.lua").write_text(LUA)
+
+
+def _wrk(
+    url: str, sample: Path, seconds: float, connections: int, run: str, workdir: Path
+) -> dict[str, Any]:
+    script = workdir / "callbacks.lua"
+    ctype = "application/json" if sample.suffix == ".json" else "application/xml"
+    cmd = [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{round(seconds)}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(sample),
+        SAMPLE_JOB_ID,
+        run,
+        ctype,
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict[str, Any]:
+    def find(pattern: str) -> str:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            raise SystemExit(f"unexpected wrk output (no {pattern!r}):\n{out}")
+        return match.group(1)
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(find(r"Requests/sec:\s+([\d.]+)")),
+        "requests": int(find(r"(\d+) requests in")),
+        # Anchored: "87.50%" in the thread stats must not pass for the 50th percentile.
+        "p50_ms": ms(find(r"^\s+50%\s+(\S+)")),
+        "p99_ms": ms(find(r"^\s+99%\s+(\S+)")),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def _stored_events(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    proc, port, token = _start_server(kind, workdir)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/callbacks/{token}"
+        warm = _wrk(url, sample, args.warmup, args.connections, f"w{port}", workdir)
+        result = _wrk(url, sample, args.seconds, args.connections, f"r{port}", workdir)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    result["kind"] = kind
+    if kind == "cirelay":
+        # Every answer was a new event committed before it was sent; wrk may stop counting a
+        # few in flight at the end, so the store holds at least what wrk saw answered.
+        result["answered"] = warm["requests"] + result["requests"]
+        result["events_stored"] = _stored_events(workdir / f"{kind}-{port}.db")
+    print(
+        f"{kind:8} {sample.name:13} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:6.2f} ms  non-2xx {result['non_2xx']}"
+        + (
+            f"  answered {result['answered']} stored {result['events_stored']}"
+            if kind == "cirelay"
+            else ""
+        ),
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--samples",
+        default="compact.xml,compact.json,full.xml,full.json",
+        help="bodies to post (compact: as the emulator sends; full: with MediaInfo)",
+    )
+    parser.add_argument("--serve", choices=("bare", "cirelay"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--token-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        _serve(args.serve, args.port, args.db, args.token_file)
+        return
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        raise SystemExit("needs wrk and taskset: apt-get install wrk util-linux")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs two cores: one for the server, one for wrk")
+    summary: dict[str, Any] = {"connections": args.connections, "seconds": args.seconds}
+    with tempfile.TemporaryDirectory(prefix="cirelay-bench-") as tmp:
+        workdir = Path(tmp)
+        _write_samples(workdir)
+        for name in args.samples.split(","):
+            sample = workdir / name
+            bare = _measure("bare", sample, args, workdir)
+            ours = _measure("cirelay", sample, args, workdir)
+            ratio = round(ours["rps"] / bare["rps"], 3)
+            summary[name] = {"bare": bare, "cirelay": ours, "ratio": ratio}
+            print(f"ratio {name}: {ratio:.3f}", flush=True)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
