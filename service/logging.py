@@ -1,4 +1,4 @@
-"""structlog configured once: JSON lines in production, console on a TTY, stdlib routed through it."""
+"""structlog configured once: JSON lines in production, console on a TTY, stdlib routed in."""
 
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ def configure_logging(settings: Settings) -> None:
         _redact,
     ]
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -60,3 +58,5 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # The Pulsar C++ client logs every connection at INFO: keep its warnings, not its chatter.
+    logging.getLogger("pulsar").setLevel(max(root.level, logging.WARNING))

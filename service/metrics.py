@@ -19,16 +19,21 @@ class Metrics:
         self.build_info.info({"version": __version__})
 
         self.jobs_enqueued = Counter(
-            "cirelay_jobs_enqueued_total", "Jobs accepted into the queue.", ["tag", "via"],
+            "cirelay_jobs_enqueued_total",
+            "Jobs accepted into the queue.",
+            ["tag", "via"],
             registry=r,
         )
         self.jobs_submitted = Counter(
             "cirelay_jobs_submitted_total",
             "Submission attempts by outcome (created, adopted, retry, dead, cancelled).",
-            ["outcome"], registry=r,
+            ["outcome"],
+            registry=r,
         )
         self.jobs_finished = Counter(
-            "cirelay_jobs_finished_total", "Batch jobs that reached an end state.", ["tag", "state"],
+            "cirelay_jobs_finished_total",
+            "Batch jobs that reached an end state.",
+            ["tag", "state"],
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -38,40 +43,57 @@ class Metrics:
             "cirelay_queue_oldest_age_seconds", "Age of the oldest queued job.", registry=r
         )
         self.ci_requests = Counter(
-            "cirelay_ci_requests_total", "Calls to CI by operation and HTTP status (or 'error').",
-            ["operation", "status"], registry=r,
+            "cirelay_ci_requests_total",
+            "Calls to CI by operation and HTTP status (or 'error').",
+            ["operation", "status"],
+            registry=r,
         )
         self.ci_request_duration = Histogram(
-            "cirelay_ci_request_duration_seconds", "Latency of calls to CI.", ["operation"],
+            "cirelay_ci_request_duration_seconds",
+            "Latency of calls to CI.",
+            ["operation"],
             registry=r,
         )
         self.ci_throttled = Counter(
-            "cirelay_ci_throttled_total", "Throttling answers from CI (429, 503, SlowDown).",
+            "cirelay_ci_throttled_total",
+            "Throttling answers from CI (429, 503, SlowDown).",
             registry=r,
         )
         self.events_received = Counter(
-            "cirelay_events_received_total", "New canonical events stored.",
-            ["source", "format", "event_type"], registry=r,
+            "cirelay_events_received_total",
+            "New canonical events stored.",
+            ["source", "format", "event_type"],
+            registry=r,
         )
         self.events_rejected = Counter(
-            "cirelay_events_rejected_total", "Callbacks or messages refused, by reason.",
-            ["source", "reason"], registry=r,
+            "cirelay_events_rejected_total",
+            "Callbacks or messages refused, by reason.",
+            ["source", "reason"],
+            registry=r,
         )
         self.events_duplicate = Counter(
-            "cirelay_events_duplicate_total", "Events dropped as already stored.", ["source"],
+            "cirelay_events_duplicate_total",
+            "Events dropped as already stored.",
+            ["source"],
             registry=r,
         )
         self.events_reconciled = Counter(
-            "cirelay_events_reconciled_total", "Events created by polling CI for a missed callback.",
+            "cirelay_events_reconciled_total",
+            "Events created by polling CI for a missed callback.",
             registry=r,
         )
         self.job_duration = Histogram(
-            "cirelay_job_duration_seconds", "CI batch job duration, creation to end.", ["tag"],
-            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400), registry=r,
+            "cirelay_job_duration_seconds",
+            "CI batch job duration, creation to end.",
+            ["tag"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400),
+            registry=r,
         )
         self.event_lag = Histogram(
-            "cirelay_event_lag_seconds", "From a media job's end at CI to its event being stored.",
-            buckets=(0.1, 0.5, 1, 2, 5, 15, 60, 300, 900, 3600), registry=r,
+            "cirelay_event_lag_seconds",
+            "From a media job's end at CI to its event being stored.",
+            buckets=(0.1, 0.5, 1, 2, 5, 15, 60, 300, 900, 3600),
+            registry=r,
         )
         self.pulsar_connected = Gauge(
             "cirelay_pulsar_connected", "1 when the Pulsar client is connected, else 0.", registry=r
@@ -80,10 +102,14 @@ class Metrics:
             "cirelay_outbox_pending", "Events stored but not yet published.", registry=r
         )
         self.http_requests = Counter(
-            "cirelay_http_requests_total", "HTTP requests served by route and status.",
-            ["method", "route", "status"], registry=r,
+            "cirelay_http_requests_total",
+            "HTTP requests served by route and status.",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.http_request_duration = Histogram(
-            "cirelay_http_request_duration_seconds", "HTTP request latency by route.",
-            ["method", "route"], registry=r,
+            "cirelay_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["method", "route"],
+            registry=r,
         )

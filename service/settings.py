@@ -40,7 +40,8 @@ class Settings:
     host: str = _setting("0.0.0.0", "Address `cirelay serve` binds.")
     port: int = _setting(8080, "Port `cirelay serve` binds.")
     public_url: str = _setting(
-        "", "Base URL at which CI reaches this service; callbacks go to `<url>/v1/callbacks/<token>`."
+        "",
+        "Base URL at which CI reaches this service; callbacks go to `<url>/v1/callbacks/<token>`.",
     )
     api_token: str = _setting(
         "", "Bearer token required on every `/v1` route (required unless `--sandbox`).", secret=True
@@ -57,7 +58,9 @@ class Settings:
         "auto", "`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
     )
     log_level: str = _setting("info", "Minimum log level.")
-    max_body_bytes: int = _setting(1_048_576, "Largest request or callback body accepted (413 above).")
+    max_body_bytes: int = _setting(
+        1_048_576, "Largest request or callback body accepted (413 above)."
+    )
     max_xml_depth: int = _setting(32, "Deepest nesting accepted in XML/JSON documents.")
     shutdown_grace_seconds: float = _setting(
         20.0, "On SIGTERM: how long in-flight work may finish before it is released."
@@ -66,7 +69,9 @@ class Settings:
     # Database / queue
     database_url: str = _setting("sqlite:///./cirelay.db", "Database: `sqlite:///path`.")
     workers: int = _setting(4, "Concurrent submitter workers per process.")
-    lease_seconds: float = _setting(30.0, "How long a claimed job stays claimed without a heartbeat.")
+    lease_seconds: float = _setting(
+        30.0, "How long a claimed job stays claimed without a heartbeat."
+    )
     poll_interval_seconds: float = _setting(
         1.0, "Idle submitter: longest wait before looking at the queue again."
     )
@@ -169,9 +174,7 @@ class Settings:
     emulator_state: str = _setting("", "SQLite file that keeps emulator state across restarts.")
 
     @classmethod
-    def load(
-        cls, environ: Mapping[str, str], config_file: str | Path | None = None
-    ) -> Settings:
+    def load(cls, environ: Mapping[str, str], config_file: str | Path | None = None) -> Settings:
         """Build settings from a TOML file (optional) overlaid by ``CIRELAY_*`` variables."""
         raw: dict[str, tuple[str, Any]] = {}
         if config_file is not None:
@@ -245,13 +248,17 @@ class Settings:
             variable = env_name("pulsar_redelivery_delay_seconds")
             raise SettingsError(variable, "must be greater than 0")
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
-            raise SettingsError(env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://")
+            raise SettingsError(
+                env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://"
+            )
 
     def check_serve(self) -> None:
         """What `cirelay serve` needs to talk to the real CI (not checked in sandbox mode)."""
         for name in ("api_token", "ci_secret_id", "ci_secret_key"):
             if not getattr(self, name):
-                raise SettingsError(env_name(name), "is required (or run `cirelay serve --sandbox`)")
+                raise SettingsError(
+                    env_name(name), "is required (or run `cirelay serve --sandbox`)"
+                )
 
     @functools.cached_property  # read on every callback: derive the key once
     def callback_key(self) -> bytes:

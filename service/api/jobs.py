@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from service.api.errors import ApiError
+from service.api.params import decode_cursor, encode_cursor, parse_limit
 from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
 from service.ci.errors import CIError
 from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
@@ -31,9 +30,7 @@ _CI_JOB_REFUSALS = frozenset({400, 404, 409})
 async def create_job(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     try:
-        target = resolve_target(
-            settings, request.query.get("bucket"), request.query.get("region")
-        )
+        target = resolve_target(settings, request.query.get("bucket"), request.query.get("region"))
         key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     except IntakeError as exc:
         details = [{"path": exc.field, "message": exc.message}]
@@ -81,14 +78,20 @@ async def create_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     states = _states(request.query.get("state", ""))
-    limit = _limit(request.query.get("limit"))
-    before = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+    limit = parse_limit(request.query.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    before = (
+        decode_cursor(
+            _CURSOR_PREFIX, request.query["cursor"], parameter="cursor", code="invalid_cursor"
+        )
+        if "cursor" in request.query
+        else None
+    )
     jobs = await request.app[QUEUE].list_jobs(states=states, limit=limit + 1, before_seq=before)
     page, more = jobs[:limit], len(jobs) > limit
     return web.json_response(
         {
             "jobs": [job_view(job, with_events=False) for job in page],
-            "next_cursor": _encode_cursor(page[-1].seq) if more else None,
+            "next_cursor": encode_cursor(_CURSOR_PREFIX, page[-1].seq) if more else None,
         }
     )
 
@@ -182,37 +185,3 @@ def _states(raw: str) -> list[str]:
             [{"path": "query.state", "message": "unknown state"}],
         )
     return states
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"limit must be an integer from 1 to {MAX_LIMIT}",
-            [{"path": "query.limit", "message": f"got {raw!r}"}],
-        )
-    return limit
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith(_CURSOR_PREFIX):
-            return int(text[len(_CURSOR_PREFIX) :])
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise ApiError(
-        400, "invalid_cursor", "cursor is not one this API returned",
-        [{"path": "query.cursor", "message": "malformed"}],
-    )
