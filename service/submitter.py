@@ -210,6 +210,8 @@ class Submitter:
         timeout = self._settings.poll_interval_seconds
         if next_at is not None:
             timeout = min(timeout, max(0.0, next_at - self._clock()))
+        if self._stopping:  # stop() ran while we looked: it could not cancel a wait not yet begun
+            return False
         task = asyncio.current_task()
         assert task is not None
         self._idle.add(task)

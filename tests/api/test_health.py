@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.settings import Settings
 
 
 async def test_healthz(client: TestClient) -> None:
@@ -49,3 +54,26 @@ async def test_metrics_exposition(client: TestClient) -> None:
     assert (
         'cirelay_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     )
+
+
+async def test_readyz_is_503_naming_missing_ci_credentials(client: TestClient) -> None:
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["status"] == "not_ready"
+    assert body["components"]["ci_credentials"] == {
+        "ok": False,
+        "detail": "missing CIRELAY_CI_SECRET_ID, CIRELAY_CI_SECRET_KEY",
+    }
+
+
+async def test_readyz_is_200_when_every_component_is_ready(
+    settings: Settings, aiohttp_client: Callable[..., Awaitable[TestClient]]
+) -> None:
+    ready = settings.replace(ci_secret_id="AKIDtest", ci_secret_key="secret")
+    client = await aiohttp_client(create_app(ready))
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ready"
+    assert set(body["components"]) == {"database", "ci_credentials"}
