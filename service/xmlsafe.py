@@ -115,13 +115,15 @@ def _refuse_doctype(*_: object) -> NoReturn:
     raise DocumentError("doctype", "DOCTYPE and entity declarations are not accepted")
 
 
-def parse_json(body: bytes, *, max_depth: int = 64) -> Any:
+def parse_json(body: bytes, *, force_list: Collection[str] = (), max_depth: int = 64) -> Any:
     """Parse a JSON body, refusing empty, malformed, non-JSON constants, unpaired surrogate
-    escapes and too-deeply nested documents."""
+    escapes and too-deeply nested documents. Object members named in ``force_list`` are made
+    lists (a one-element list unless already a list), as ``parse_xml`` does."""
     if not body or body.isspace():
         raise DocumentError("empty", "empty body")
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
+        # What json.loads(body, parse_constant=…) does, without building a decoder per call.
+        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except UnicodeDecodeError:
         raise DocumentError("malformed_json", "JSON body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -133,7 +135,7 @@ def parse_json(body: bytes, *, max_depth: int = 64) -> Any:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise DocumentError("malformed_json", "JSON has an unpaired surrogate escape") from None
-    _check_json_depth(value, max_depth)
+    _check_json_tree(value, max_depth, frozenset(force_list))
     return value
 
 
@@ -142,21 +144,32 @@ def _refuse_constant(name: str) -> NoReturn:
     raise DocumentError("malformed_json", f"{name} is not a JSON value")
 
 
-def _check_json_depth(value: Any, max_depth: int) -> None:
-    level: list[Any] = [value]
-    depth = 0
-    while level:
-        containers = [v for v in level if type(v) is dict or type(v) is list]
-        if not containers:
-            return
-        depth += 1
-        if depth > max_depth:
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _check_json_tree(value: Any, max_depth: int, listed: frozenset[str]) -> None:
+    # One walk, depth first with an explicit stack (no recursion): bound the depth of the tree
+    # as parsed and wrap the ``listed`` members; a wrapper list adds no depth.
+    if type(value) is not dict and type(value) is not list:
+        return
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    pop = pending.pop
+    push = pending.append
+    while pending:
+        node, depth = pop()
+        if depth >= max_depth:
             raise DocumentError("too_deep", f"JSON nests deeper than {max_depth} levels")
-        level = [
-            child
-            for container in containers
-            for child in (container.values() if type(container) is dict else container)
-        ]
+        depth += 1
+        if type(node) is dict:
+            for key, child in node.items():
+                if key in listed and type(child) is not list:
+                    node[key] = [child]
+                if type(child) is dict or type(child) is list:
+                    push((child, depth))
+        else:
+            for child in node:
+                if type(child) is dict or type(child) is list:
+                    push((child, depth))
 
 
 def unparse_xml(tree: dict[str, Any]) -> bytes:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
 from service.api.errors import ApiError, error_response
 from service.appkeys import METRICS, SETTINGS
@@ -32,7 +34,8 @@ _HTTP_CODES = {
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    # 128 random bits in hex, as uuid4().hex gave, for a quarter of its cost.
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics = request.app[METRICS]
@@ -45,10 +48,22 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        metrics.http_requests.labels(request.method, route, str(status)).inc()
-        metrics.http_request_duration.labels(request.method, route).observe(
+        _requests_child(metrics.http_requests, request.method, route, status).inc()
+        _duration_child(metrics.http_request_duration, request.method, route).observe(
             time.perf_counter() - started
         )
+
+
+# A label lookup costs more than the increment it serves, and the label sets are few: keep the
+# children. Bounded, so odd methods from clients only evict each other.
+@functools.lru_cache(maxsize=1024)
+def _requests_child(metric: Counter, method: str, route: str, status: int) -> Counter:
+    return metric.labels(method, route, str(status))
+
+
+@functools.lru_cache(maxsize=1024)
+def _duration_child(metric: Histogram, method: str, route: str) -> Histogram:
+    return metric.labels(method, route)
 
 
 async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -7,6 +7,7 @@ delivery (2xx, Pulsar ack) once ``ingest`` returns: the events are committed by 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -170,5 +171,7 @@ def rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# A batch's callbacks share their end times (to the second): parse each stamp once.
+@functools.lru_cache(maxsize=1024)
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()

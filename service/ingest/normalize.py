@@ -8,10 +8,11 @@ delivered by URL, by TDMQ, or rebuilt by polling CI is stored once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from service.ingest.parse import (
@@ -65,7 +66,12 @@ def normalize(
 
 def event_id_for(event_type: str, subject_id: str, state: str) -> str:
     """The de-duplication key: sha256 hex of (event type, job id or workflow run id, state)."""
-    material = json.dumps([event_type, subject_id, state])  # ASCII: escapes make it injective
+    # json.dumps([event_type, subject_id, state]) written out: the same ASCII text (escapes make
+    # it injective) at a third of the cost.
+    material = (
+        f"[{encode_basestring_ascii(event_type)}, {encode_basestring_ascii(subject_id)},"
+        f" {encode_basestring_ascii(state)}]"
+    )
     return hashlib.sha256(material.encode("ascii")).hexdigest()
 
 
@@ -416,9 +422,14 @@ def _ci_time(node: dict[str, Any], key: str, path: str) -> str | None:
     return _time(_text(node, key, path), path, key)
 
 
+# The times of one batch's callbacks repeat (CI stamps to the second): parse each text once.
+# Only answers are cached; an unreadable time raises afresh each time.
+_cached_ci_time = functools.lru_cache(maxsize=1024)(parse_ci_time)
+
+
 def _time(value: str | None, path: str, key: str | None = None) -> str | None:
     try:
-        return parse_ci_time(value)
+        return _cached_ci_time(value)
     except ValueError:
         where = path if key is None else f"{path}.{key}"
         raise EventRejected("bad_field", f"{where}: unreadable time {value!r}") from None

@@ -132,30 +132,15 @@ def _describe(value: Any) -> str:
 
 def _json_response(body: bytes, max_depth: int) -> dict[str, Any]:
     try:
-        root = parse_json(body, max_depth=max_depth)
+        root = parse_json(body, force_list=ALWAYS_LIST, max_depth=max_depth)
     except DocumentError as exc:
         raise EventRejected(exc.reason, exc.message) from None
     if type(root) is not dict:
         raise EventRejected("not_an_object", f"JSON root must be an object, not {_describe(root)}")
-    _listify(root)
     inner = root.get("Response", root)
     if type(inner) is not dict:
         raise EventRejected("not_an_object", f"Response must be an object, not {_describe(inner)}")
     return inner
-
-
-def _listify(node: dict[str, Any] | list[Any]) -> None:
-    # Recursion is bounded: parse_json already refused documents deeper than max_depth.
-    if type(node) is dict:
-        for key, value in node.items():
-            if key in ALWAYS_LIST and type(value) is not list:
-                node[key] = [value]
-            if type(value) is dict or type(value) is list:
-                _listify(value)
-    else:
-        for value in node:
-            if type(value) is dict or type(value) is list:
-                _listify(value)
 
 
 # --- XML ------------------------------------------------------------------------------------------

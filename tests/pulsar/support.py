@@ -55,6 +55,9 @@ def pulsar_settings(tmp_path: Path, broker: Broker, **environ: str) -> Settings:
         "CIRELAY_PULSAR_REDELIVERY_DELAY_SECONDS": "0.2",
         "CIRELAY_PULSAR_MAX_REDELIVERIES": "2",
         "CIRELAY_SHUTDOWN_GRACE_SECONDS": "2",
+        # Never used (no jobs are submitted), but present so that /readyz can be fully ready.
+        "CIRELAY_CI_SECRET_ID": "AKIDunused",
+        "CIRELAY_CI_SECRET_KEY": "unused",
     }
     return events_settings(tmp_path, **{**defaults, **environ})
 

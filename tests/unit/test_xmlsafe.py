@@ -86,3 +86,22 @@ def test_sniff_format(body: bytes, ctype: str, fmt: str) -> None:
 def test_unparse_round_trip_escapes() -> None:
     tree = {"Request": {"Name": "a<b & c", "Tags": {"Tag": ["x", "y"]}}}
     assert parse_xml(unparse_xml(tree)) == tree
+
+
+def test_json_force_list_wraps_named_keys_at_every_depth() -> None:
+    body = b'{"R": {"A": {"B": 1}, "L": [{"A": 2}], "C": "x"}, "A": [3]}'
+    assert parse_json(body, force_list=("A",)) == {
+        "R": {"A": [{"B": 1}], "L": [{"A": [2]}], "C": "x"},
+        "A": [3],
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": "\\ud800"}'],
+    ids=["nan", "inf", "surrogate"],
+)
+def test_json_refuses_what_json_cannot_carry(body: bytes) -> None:
+    with pytest.raises(DocumentError) as info:
+        parse_json(body)
+    assert info.value.reason == "malformed_json"
