@@ -66,8 +66,9 @@ def pulsar_settings(tmp_path: Path, broker: Broker, **environ: str) -> Settings:
 async def running_app(settings: Settings) -> AsyncIterator[Client]:
     """The whole service app (every cleanup context, Pulsar included) on a loopback socket."""
     client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-    await client.start_server()
     try:
+        # Inside the try: a start-up that fails half-way must still close what it opened.
+        await client.start_server()
         yield client
     finally:
         await client.close()
