@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
 from service.intake import IntakeError, check_idempotency_key, enqueue, resolve_target
 from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
+from service.timefmt import epoch_text
 from service.xmlsafe import DocumentError
 
 routes = web.RouteTableDef()
@@ -154,20 +154,13 @@ def job_view(job: JobRecord, *, with_events: bool = True) -> dict[str, Any]:
         "ci_job_id": job.ci_job_id,
         "attempts": job.attempts,
         "last_error": job.last_error.as_dict() if job.last_error else None,
-        "created_at": rfc3339(job.created_at),
-        "submitted_at": rfc3339(job.submitted_at),
-        "finished_at": rfc3339(job.finished_at),
+        "created_at": epoch_text(job.created_at),
+        "submitted_at": epoch_text(job.submitted_at),
+        "finished_at": epoch_text(job.finished_at),
     }
     if with_events:
         view["events"] = []
     return view
-
-
-def rfc3339(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _not_found(job_id: str) -> ApiError:

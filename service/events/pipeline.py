@@ -23,6 +23,7 @@ from service.ingest.normalize import SOURCES, normalize
 from service.ingest.parse import EventRejected, parse_callback
 from service.metrics import Metrics
 from service.queue import JobQueue
+from service.timefmt import utc_text
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +137,7 @@ class EventPipeline:
         """Keep a refused delivery's body (bounded) with its reason, and count it."""
         received = datetime.fromtimestamp(self._clock(), UTC)
         await self._store.reject(
-            received_at=rfc3339(received),
+            received_at=utc_text(received),
             source=source,
             reason=reason,
             message=message,
@@ -165,10 +166,6 @@ class EventPipeline:
             await self._queue.mark_running(job_id)
         if link is not None:
             link.running = True
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # A batch's callbacks share their end times (to the second): parse each stamp once.

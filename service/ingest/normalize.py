@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -24,6 +24,7 @@ from service.ingest.parse import (
     text_value,
     workflow_execution,
 )
+from service.timefmt import utc_text
 
 SCHEMA_VERSION = 1
 SOURCES: frozenset[str] = frozenset({"http", "pulsar", "poll"})
@@ -45,7 +46,7 @@ def normalize(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
-    received = _utc_text(received_at, timespec="milliseconds")
+    received = utc_text(received_at, timespec="milliseconds")
     body = parsed.body
     if parsed.event_name == "WorkflowFinish":
         return [_workflow_finish(body, parsed.format, source, received)]
@@ -91,7 +92,7 @@ def parse_ci_time(value: str | None) -> str | None:
     if parsed.tzinfo is None:
         raise ValueError(f"time {value!r} has no UTC offset")
     try:
-        return _utc_text(parsed, timespec="seconds")
+        return utc_text(parsed, timespec="seconds")
     except OverflowError:
         raise ValueError(f"time {value!r} is out of range") from None
 
@@ -147,7 +148,7 @@ def batch_finish_event(
         job_level=_job_level(operation.get("JobLevel"), "Operation.JobLevel"),
         workflow=None,
         tasks=[],
-        received_at=_utc_text(received_at, timespec="milliseconds"),
+        received_at=utc_text(received_at, timespec="milliseconds"),
         document=batch,
     )
 
@@ -477,9 +478,3 @@ def _nodes(value: Any, path: str) -> list[dict[str, Any]]:
                 "bad_field", f"{path}[{index}] must be an object, not {type(item).__name__}"
             )
     return nodes
-
-
-def _utc_text(moment: datetime, *, timespec: str) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: give received_at a timezone")
-    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
