@@ -110,28 +110,6 @@ TAG_CONTAINERS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
-# JobParam's per-tag containers whose inner fields other CI documents define: kept as opaque
-# trees. Watermark may repeat (the transcoding API allows several watermarks).
-OPAQUE_CONTAINERS: Final[tuple[str, ...]] = (
-    "Animation",
-    "Transcode",
-    "SmartCover",
-    "Watermark",
-    "RemoveWatermark",
-    "Snapshot",
-    "SpeechRecognition",
-    "ConcatTemplate",
-    "VoiceSeparate",
-    "VideoMontage",
-    "SDRtoHDR",
-    "VideoProcess",
-    "SuperResolution",
-    "Segment",
-    "ExtractDigitalWatermark",
-    "VideoTag",
-    "TtsTpl",
-)
-
 # JobParam children in the seed's table order, which is also the rendering order.
 JOB_PARAM_NODES: Final[tuple[str, ...]] = (
     "TemplateId",
@@ -155,6 +133,15 @@ JOB_PARAM_NODES: Final[tuple[str, ...]] = (
     "ExtractDigitalWatermark",
     "VideoTag",
     "TtsTpl",
+)
+
+# JobParam's per-tag containers whose inner fields other CI documents define: kept as opaque
+# trees. Everything in JobParam but the template ids and DigitalWatermark (which the seed defines).
+# Watermark may repeat (the transcoding API allows several watermarks).
+OPAQUE_CONTAINERS: Final[tuple[str, ...]] = tuple(
+    name
+    for name in JOB_PARAM_NODES
+    if name not in ("TemplateId", "TranscodeTemplateId", "DigitalWatermark", "WatermarkTemplateId")
 )
 
 
