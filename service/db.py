@@ -65,8 +65,9 @@ class Database:
             await self.conn.execute("COMMIT")
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection for reads, never interleaved with another task's transaction."""
+    async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection outside any transaction, never interleaved with another task's: for
+        reads, and for single statements that autocommit (one statement, one transaction)."""
         async with self._lock:
             yield self.conn
 

@@ -35,7 +35,7 @@ class StateStore:
         await self._db.close()
 
     async def load(self) -> tuple[list[Batch], list[MediaJob]]:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute("SELECT data FROM emulator_batches")
             batch_rows = await cur.fetchall()
             cur = await conn.execute("SELECT data FROM emulator_media_jobs")

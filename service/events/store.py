@@ -266,7 +266,7 @@ class EventStore:
             # is its own transaction, committed when it returns. The lock keeps it out of other
             # tasks' transactions on the shared connection. RETURNING names the rows inserted:
             # duplicates of stored events (or of an earlier row in the batch) are skipped.
-            async with self._db.reading() as conn:
+            async with self._db.exclusive() as conn:
                 rows = await conn.execute_fetchall(
                     _insert_events_sql(len(event_rows)),
                     [value for row in event_rows for value in row],
@@ -332,13 +332,13 @@ class EventStore:
             "SELECT seq, batch_id, cirelay_job_id, body FROM events"
             f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         )
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(sql, (*params, limit))
         return [(row["seq"], _event(row)) for row in rows]
 
     async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
         """Every event of one of our jobs, oldest first."""
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT batch_id, cirelay_job_id, body FROM events"
                 " WHERE cirelay_job_id = ? ORDER BY seq",
@@ -347,7 +347,7 @@ class EventStore:
         return [_event(row) for row in rows]
 
     async def has_events(self, cirelay_job_id: str) -> bool:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT 1 FROM events WHERE cirelay_job_id = ? LIMIT 1", (cirelay_job_id,)
             )
@@ -356,7 +356,7 @@ class EventStore:
     async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
         """Which of these CI JobIds already have an event of ``event_type``."""
         found: set[str] = set()
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             for chunk in _chunks(list(job_ids)):
                 rows = await conn.execute_fetchall(
                     f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({_marks(chunk)})"
@@ -368,7 +368,7 @@ class EventStore:
 
     async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
         """Refused callbacks kept for replay, oldest first."""
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
                 " FROM rejected_callbacks WHERE id > ? ORDER BY id LIMIT ?",
@@ -379,13 +379,13 @@ class EventStore:
     # --- the outbox (drained by the Pulsar publisher) ---------------------------------------
 
     async def outbox_pending(self) -> int:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall("SELECT COUNT(*) FROM events WHERE unpublished = 1")
         return int(next(iter(rows))[0])
 
     async def outbox_batch(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """The oldest unpublished events as (seq, event); ``outbox_done`` takes them off."""
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT seq, batch_id, cirelay_job_id, body FROM events"
                 " WHERE unpublished = 1 ORDER BY seq LIMIT ?",

@@ -210,7 +210,7 @@ class SQLiteJobQueue:
         return outcomes
 
     async def get(self, job_id: str) -> JobRecord | None:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             row = await cur.fetchone()
         return _record(row) if row is not None else None
@@ -227,7 +227,7 @@ class SQLiteJobQueue:
             clauses.append("seq < ?")
             params.append(before_seq)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",
                 (*params, limit),
@@ -377,7 +377,7 @@ class SQLiteJobQueue:
         )
 
     async def unfinished_batches(self, limit: int) -> list[JobRecord]:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('submitted', 'running')"
                 " AND ci_job_id IS NOT NULL ORDER BY seq LIMIT ?",
@@ -388,7 +388,7 @@ class SQLiteJobQueue:
 
     # --- observation ------------------------------------------------------------------------
     async def depth_by_state(self) -> dict[str, int]:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
             rows = await cur.fetchall()
         depth: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
@@ -396,7 +396,7 @@ class SQLiteJobQueue:
         return depth
 
     async def oldest_queued_age(self, now: float) -> float:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             # seq follows insertion, so the lowest queued seq is the oldest queued job.
             cur = await conn.execute(
                 "SELECT created_at FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
@@ -406,7 +406,7 @@ class SQLiteJobQueue:
         return max(0.0, now - float(oldest)) if oldest is not None else 0.0
 
     async def next_available_at(self) -> float | None:
-        async with self._db.reading() as conn:
+        async with self._db.exclusive() as conn:
             cur = await conn.execute("SELECT MIN(available_at) FROM jobs WHERE state = 'queued'")
             row = await cur.fetchone()
         return float(row[0]) if row is not None and row[0] is not None else None

@@ -322,7 +322,7 @@ async def _claim_cost(size: int, claims: int, workdir: Path) -> dict[str, float]
         claiming = 0.0
 
         async def select(_: int) -> None:
-            async with db.reading() as conn:
+            async with db.exclusive() as conn:
                 cur = await conn.execute("SELECT * FROM jobs WHERE id = ?", (rng.choice(ids),))
                 await cur.fetchone()
 

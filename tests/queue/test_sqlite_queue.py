@@ -287,7 +287,7 @@ async def test_wait_changed_wakes_on_enqueue(queue: SQLiteJobQueue) -> None:
 async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
     await SQLiteJobQueue.open(db)
     await SQLiteJobQueue.open(db)
-    async with db.reading() as conn:
+    async with db.exclusive() as conn:
         cur = await conn.execute(
             "SELECT version FROM schema_migrations WHERE component = 'queue'"
         )
@@ -296,7 +296,7 @@ async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
 
 
 async def test_the_claim_uses_the_priority_index(db: Database, queue: SQLiteJobQueue) -> None:
-    async with db.reading() as conn:
+    async with db.exclusive() as conn:
         cur = await conn.execute(
             "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE state = 'queued' AND available_at <= ?"
             " ORDER BY job_level DESC, seq LIMIT 1",
