@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -202,51 +202,10 @@ class Settings:
         for name in ("port", "emulator_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(env_name(name), "must be a port number 0-65535")
-        for name in (
-            "workers",
-            "ci_concurrency",
-            "retry_max_attempts",
-            "emulator_workers",
-            "pulsar_consumer_concurrency",
-            "pulsar_receiver_queue_size",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(env_name(name), "must be at least 1")
-        for name in ("ci_rate_limit", "lease_seconds", "max_body_bytes", "max_xml_depth"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(env_name(name), "must be greater than 0")
-        for name in ("reconcile_seconds", "rejected_max_count"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(env_name(name), "must be greater than 0")
-        for name in ("reconcile_grace_seconds", "rejected_body_max_bytes"):
-            if getattr(self, name) < 0:
-                raise SettingsError(env_name(name), "must not be negative")
-        for name in (
-            "emulator_failure_rate",
-            "emulator_error_rate",
-            "emulator_throttle_rate",
-            "emulator_duplicate_rate",
-            "emulator_drop_rate",
-            "emulator_lost_response_rate",
-        ):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise SettingsError(env_name(name), "must be a probability between 0 and 1")
-        if self.emulator_callback_retries < 0:
-            raise SettingsError(env_name("emulator_callback_retries"), "must be 0 or more")
-        for name in (
-            "emulator_job_seconds",
-            "emulator_callback_retry_seconds",
-            "emulator_qps",
-            "emulator_latency_ms",
-            "emulator_objects_per_prefix",
-        ):
-            if getattr(self, name) < 0:
-                raise SettingsError(env_name(name), "must be 0 or more")
-        if self.pulsar_max_redeliveries < 0:
-            raise SettingsError(env_name("pulsar_max_redeliveries"), "must be 0 or more")
-        if self.pulsar_redelivery_delay_seconds <= 0:
-            variable = env_name("pulsar_redelivery_delay_seconds")
-            raise SettingsError(variable, "must be greater than 0")
+        for names, allowed, problem in _BOUNDS:
+            for name in names:
+                if not allowed(getattr(self, name)):
+                    raise SettingsError(env_name(name), problem)
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
             raise SettingsError(
                 env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://"
@@ -270,6 +229,63 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# Numeric settings by the bound they must respect: (names, test, what the error says).
+_BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (
+        (
+            "workers",
+            "ci_concurrency",
+            "retry_max_attempts",
+            "emulator_workers",
+            "pulsar_consumer_concurrency",
+            "pulsar_receiver_queue_size",
+        ),
+        lambda value: value >= 1,
+        "must be at least 1",
+    ),
+    (
+        (
+            "ci_rate_limit",
+            "lease_seconds",
+            "max_body_bytes",
+            "max_xml_depth",
+            "reconcile_seconds",
+            "rejected_max_count",
+            "pulsar_redelivery_delay_seconds",
+        ),
+        lambda value: value > 0,
+        "must be greater than 0",
+    ),
+    (
+        (
+            "reconcile_grace_seconds",
+            "rejected_body_max_bytes",
+            "emulator_callback_retries",
+            "emulator_job_seconds",
+            "emulator_callback_retry_seconds",
+            "emulator_qps",
+            "emulator_latency_ms",
+            "emulator_objects_per_prefix",
+            "pulsar_max_redeliveries",
+        ),
+        lambda value: value >= 0,
+        "must be 0 or more",
+    ),
+    (
+        (
+            "emulator_failure_rate",
+            "emulator_error_rate",
+            "emulator_throttle_rate",
+            "emulator_duplicate_rate",
+            "emulator_drop_rate",
+            "emulator_lost_response_rate",
+        ),
+        lambda value: 0.0 <= value <= 1.0,
+        "must be a probability between 0 and 1",
+    ),
+)
 
 
 def env_name(field_name: str) -> str:
