@@ -3,11 +3,17 @@
 One connection per process, serialised by a lock: SQLite has a single writer anyway, and sharing
 one connection between tasks without a lock would let one task's statements land inside another
 task's open transaction. Several processes may share the file (WAL + busy timeout).
+
+Checkpoints run on a second connection, not in whichever commit crosses SQLite's automatic
+threshold: a checkpoint copies the WAL into the database file and syncs it, and done inside a
+commit it stalls every caller waiting on that connection for the sync (the p99 of callback
+ingestion went from ~5 ms to over 20 ms). A passive checkpoint never blocks the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,13 +32,33 @@ class Migration:
     sql: str  # one or more statements, run in one transaction
 
 
+# How often the WAL is copied back into the database file. At ~2,000 WAL pages written per
+# second under full callback load, the WAL stays under ~10 MB.
+CHECKPOINT_SECONDS = 1.0
+# A WAL that grew during a burst is cut back to this size when the writer next starts it over.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 class Database:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        checkpointer: aiosqlite.Connection | None,
+        checkpoint_seconds: float,
+    ) -> None:
         self.conn = conn
         self._lock = asyncio.Lock()
+        self._checkpointer = checkpointer
+        self._checkpoints = (
+            asyncio.create_task(
+                _checkpoint_forever(checkpointer, checkpoint_seconds), name="sqlite-checkpoint"
+            )
+            if checkpointer is not None
+            else None
+        )
 
     @classmethod
-    async def open(cls, path: str) -> Database:
+    async def open(cls, path: str, *, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Database:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
@@ -42,14 +68,25 @@ class Database:
         await conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
         await conn.execute("PRAGMA busy_timeout=10000")
         await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, see above
+        await conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " component TEXT NOT NULL, version INTEGER NOT NULL,"
             " PRIMARY KEY (component, version))"
         )
-        return cls(conn)
+        checkpointer = None
+        if path != ":memory:":
+            checkpointer = await aiosqlite.connect(path, isolation_level=None)
+        return cls(conn, checkpointer, checkpoint_seconds)
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self.conn.close()
 
     @asynccontextmanager
@@ -98,6 +135,16 @@ class Database:
                     (component, migration.version),
                 )
             log.info("migration_applied", component=component, version=migration.version)
+
+
+async def _checkpoint_forever(conn: aiosqlite.Connection, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            # Passive: copies what no reader still needs, never waits for or blocks a writer.
+            await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # e.g. the disk is full: the next round tries again
+            log.warning("sqlite_checkpoint_failed", error=str(exc))
 
 
 def _statements(sql: str) -> list[str]:
