@@ -7,18 +7,26 @@ TaskFinish callbacks (the documented Transcode sample with MediaInfo, a new JobI
 in XML and in JSON, to:
 
 - bare: an aiohttp app whose one handler reads the body and answers 200;
+- parse: the bare handler plus cirelay's parse and normalise, nothing else (no middleware, no
+  store): what turning the body into a canonical event costs on its own;
+- floor: the bare handler plus the least any durable ingestion on aiohttp and SQLite does: a C
+  parse (ElementTree / orjson, no Python per node) and the body group-committed (one multi-row
+  INSERT per batch, WAL, one B-tree keyed by the body's SHA-256, run in the event loop's thread)
+  before answering;
 - cirelay: the real service app (``create_app``: middleware, per-job token, parse, normalise,
   link, group-committed SQLite store, job state, metrics) on a fresh database file.
 
-Neither server writes access logs, so the comparison is of the request path itself. Prints one
-line per run and a JSON summary; the goal (issue 5) is cirelay/bare >= 0.5 at p99 < 20 ms.
-Needs ``wrk`` (Debian package ``wrk``). A benchmark, never a test: nothing here asserts timings.
+No server writes access logs, so the comparison is of the request path itself. Prints one line
+per run and a JSON summary with each server's ratio to bare; the goal (issue 5) is cirelay/bare
+>= 0.5 at p99 < 20 ms. Needs ``wrk`` (Debian package ``wrk``). A benchmark, never a test:
+nothing here asserts timings.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -30,14 +38,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from service.app import create_app
 from service.db import Database
 from service.emulator.documents import task_finish
+from service.ingest.normalize import normalize
+from service.ingest.parse import parse_callback
 from service.queue import SQLiteJobQueue
 from service.tokens import callback_token
 from tests.events.support import events_settings, submitted_job
@@ -81,6 +95,8 @@ COMPACT_DETAIL: dict[str, Any] = {
 }
 SERVER_CORE = 0
 LOAD_CORE = 1
+KINDS = ("bare", "parse", "floor", "cirelay")
+MAX_DEPTH = 32  # CIRELAY_MAX_XML_DEPTH's default
 
 # wrk script: every request gets a JobId unique across threads and runs.
 LUA = r"""
@@ -129,10 +145,81 @@ def _bare_app() -> web.Application:
     return app
 
 
+def _parse_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        parsed = parse_callback(body, request.content_type, max_depth=MAX_DEPTH)
+        normalize(parsed, source="http", received_at=datetime.now(UTC))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/v1/callbacks/{token}", handler)
+    return app
+
+
+def _floor_app(db: str) -> web.Application:
+    pending: list[tuple[tuple[str, bytes], asyncio.Future[None]]] = []
+    wake = asyncio.Event()
+
+    async def write(conn: sqlite3.Connection) -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            await asyncio.sleep(0)  # as cirelay's store: let this turn's requests join the batch
+            batch = pending[:]
+            del pending[:]
+            if not batch:  # taken by the previous round after it set the event
+                continue
+            marks = ", ".join(["(?, ?)"] * len(batch))
+            # In the event loop's own thread: the cheapest commit there is (no handoff to a
+            # database thread), if one a real service could not afford (it blocks the loop).
+            conn.execute(
+                f"INSERT OR IGNORE INTO bodies VALUES {marks}",
+                [value for row, _ in batch for value in row],
+            )
+            for _, future in batch:
+                future.set_result(None)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        conn = sqlite3.connect(db, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute(
+            "CREATE TABLE bodies (sha256 TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID"
+        )
+        writer = asyncio.create_task(write(conn))
+        yield
+        writer.cancel()
+        conn.close()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.content_type == "application/json":
+            orjson.loads(body)
+        else:
+            ET.fromstring(body)  # the benchmark's own bodies: no DOCTYPE to refuse
+        future = asyncio.get_running_loop().create_future()
+        pending.append(((hashlib.sha256(body).hexdigest(), body), future))
+        wake.set()
+        await future
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.cleanup_ctx.append(database)
+    app.router.add_post("/v1/callbacks/{token}", handler)
+    return app
+
+
 def _serve(kind: str, port: int, db: str, token_file: str) -> None:
     os.sched_setaffinity(0, {SERVER_CORE})
-    if kind == "bare":
-        web.run_app(_bare_app(), host="127.0.0.1", port=port, print=None, access_log=None)
+    if kind != "cirelay":
+        if kind == "bare":
+            app = _bare_app()
+        elif kind == "parse":
+            app = _parse_app()
+        else:
+            app = _floor_app(db)
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
         return
     settings = events_settings(Path(db).parent).replace(database_url=f"sqlite:///{db}")
     job_id = asyncio.run(_submitted_job(db))
@@ -177,11 +264,11 @@ def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], in
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{kind} server exited with {proc.returncode}")
-        ready = kind == "bare" or token_file.exists()
+        ready = kind != "cirelay" or token_file.exists()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 if ready:
-                    token = token_file.read_text() if kind != "bare" else "bare"
+                    token = token_file.read_text() if kind == "cirelay" else kind
                     return proc, port, token
         except OSError:
             pass
@@ -251,9 +338,9 @@ def _parse_wrk(out: str) -> dict[str, Any]:
     }
 
 
-def _stored_events(db: Path) -> int:
+def _stored(db: Path, table: str) -> int:
     with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -266,19 +353,17 @@ def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -
         proc.terminate()
         proc.wait(timeout=30)
     result["kind"] = kind
-    if kind == "cirelay":
-        # Every answer was a new event committed before it was sent; wrk may stop counting a
-        # few in flight at the end, so the store holds at least what wrk saw answered.
+    durable = kind in ("floor", "cirelay")
+    if durable:
+        # Every answer was a new row committed before it was sent; wrk may stop counting a few
+        # in flight at the end, so the store holds at least what wrk saw answered.
         result["answered"] = warm["requests"] + result["requests"]
-        result["events_stored"] = _stored_events(workdir / f"{kind}-{port}.db")
+        table = "events" if kind == "cirelay" else "bodies"
+        result["stored"] = _stored(workdir / f"{kind}-{port}.db", table)
     print(
         f"{kind:8} {sample.name:13} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
         f"  p99 {result['p99_ms']:6.2f} ms  non-2xx {result['non_2xx']}"
-        + (
-            f"  answered {result['answered']} stored {result['events_stored']}"
-            if kind == "cirelay"
-            else ""
-        ),
+        + (f"  answered {result['answered']} stored {result['stored']}" if durable else ""),
         flush=True,
     )
     return result
@@ -294,7 +379,10 @@ def main() -> None:
         default="compact.xml,compact.json,full.xml,full.json",
         help="bodies to post (compact: as the emulator sends; full: with MediaInfo)",
     )
-    parser.add_argument("--serve", choices=("bare", "cirelay"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="servers to measure besides bare (see above)"
+    )
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--token-file", help=argparse.SUPPRESS)
@@ -310,13 +398,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cirelay-bench-") as tmp:
         workdir = Path(tmp)
         _write_samples(workdir)
+        kinds = [kind for kind in args.kinds.split(",") if kind in KINDS and kind != "bare"]
         for name in args.samples.split(","):
             sample = workdir / name
             bare = _measure("bare", sample, args, workdir)
-            ours = _measure("cirelay", sample, args, workdir)
-            ratio = round(ours["rps"] / bare["rps"], 3)
-            summary[name] = {"bare": bare, "cirelay": ours, "ratio": ratio}
-            print(f"ratio {name}: {ratio:.3f}", flush=True)
+            summary[name] = {"bare": bare}
+            for kind in kinds:
+                result = _measure(kind, sample, args, workdir)
+                result["ratio"] = round(result["rps"] / bare["rps"], 3)
+                summary[name][kind] = result
+                print(f"ratio {name} {kind}/bare: {result['ratio']:.3f}", flush=True)
     print(json.dumps(summary, indent=2))
 
 

@@ -15,6 +15,8 @@ The broker is the one in ``$CIRELAY_TEST_PULSAR_ENV`` (a ``pulsar.env`` written 
      message through parse → normalise → store (committed) → ack.
    Time runs from subscribing (starting the app) until the last message is acked (for cirelay:
    until every event is counted as stored, which precedes its ack). Ratio = cirelay / bare.
+   Two ceilings are measured beside it, without the broker: the event pipeline alone (parse →
+   normalise → store), and parse → normalise alone (no store).
 2. Publish: the same number of canonical events sit in a fresh outbox; cirelay's publisher drains
    it to a topic (JSON, key = job id, row marked done after the broker's ack), against a bare
    asyncio producer sending the same messages with the same keys. Ratio = cirelay / bare.
@@ -221,6 +223,16 @@ async def pipeline_alone(workdir: Path, bodies: list[bytes], concurrency: int) -
     return elapsed
 
 
+def parse_alone(bodies: list[bytes]) -> float:
+    """Seconds to parse and normalise ``bodies``, nothing else (no broker, no store, no await):
+    the ceiling for any consumer that turns each message into a canonical event."""
+    received = datetime.now(UTC)
+    started = time.perf_counter()
+    for body in bodies:
+        normalize(parse_callback(body), source="pulsar", received_at=received)
+    return time.perf_counter() - started
+
+
 async def fill_outbox(settings: Settings, count: int) -> list[dict[str, Any]]:
     db = await Database.open(settings.sqlite_path)
     store = await EventStore.open(
@@ -294,15 +306,19 @@ async def run(env: dict[str, str], count: int, rounds: int, concurrency: int) ->
                 CIRELAY_PULSAR_CONSUMER_CONCURRENCY=str(concurrency),
             )
             cirelay_s = await cirelay_consume(settings, count)
-            alone_s = await pipeline_alone(workdir, [_body(n) for n in range(count)], concurrency)
+            bodies = [_body(n) for n in range(count)]
+            alone_s = await pipeline_alone(workdir, bodies, concurrency)
+            parse_s = parse_alone(bodies)
             bare_s = min(sync_s, async_s)
             print(f"round {round_no} consume")
             print(f"  bare sync receive+ack     {_rate(count, sync_s)}")
             print(f"  bare asyncio receive+ack  {_rate(count, async_s)}")
             print(f"  cirelay consume+store+ack {_rate(count, cirelay_s)}")
             print(f"  pipeline alone, no broker {_rate(count, alone_s)}")
+            print(f"  parse+normalise alone     {_rate(count, parse_s)}")
             print(f"  ratio cirelay / bare      {bare_s / cirelay_s:9.2f}")
             print(f"  ratio cirelay / pipeline  {alone_s / cirelay_s:9.2f}")
+            print(f"  ratio parse alone / bare  {bare_s / parse_s:9.2f}")
 
             output = _topic("out")
             settings = _settings(workdir, env, CIRELAY_PULSAR_OUTPUT_TOPIC=output)
