@@ -98,6 +98,14 @@ class Metrics:
         self.pulsar_connected = Gauge(
             "cirelay_pulsar_connected", "1 when the Pulsar client is connected, else 0.", registry=r
         )
+        self.pulsar_messages = Counter(
+            "cirelay_pulsar_messages_total",
+            "Pulsar deliveries consumed, by component (events, intake) and outcome: acked"
+            " (stored or queued), retried (transient failure, negatively acknowledged), refused"
+            " (cannot parse, negatively acknowledged until the redelivery limit), dead_lettered.",
+            ["component", "outcome"],
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "cirelay_outbox_pending", "Events stored but not yet published.", registry=r
         )

@@ -27,8 +27,9 @@ import pulsar.asyncio
 
 from service.events.pipeline import EventPipeline
 from service.ingest.parse import EventRejected
+from service.metrics import Metrics
 from service.pulsar.deadletter import DeadLetters
-from service.pulsar.messages import Redelivery, acknowledge, property_value
+from service.pulsar.messages import Outcomes, Redelivery, acknowledge, property_value
 from service.settings import Settings
 
 SOURCE = "pulsar"
@@ -82,6 +83,7 @@ class EventConsumer:
         dead_letters: DeadLetters,
         settings: Settings,
         topics: Topics,
+        metrics: Metrics,
         *,
         on_new_events: Callable[[], None] = lambda: None,
     ) -> None:
@@ -94,7 +96,8 @@ class EventConsumer:
         self._failures: collections.OrderedDict[tuple[str, str], _Failure] = (
             collections.OrderedDict()
         )
-        self._redelivery = Redelivery("events")
+        self._outcomes = Outcomes(metrics, "events")
+        self._redelivery = Redelivery("events", self._outcomes)
 
     async def subscribe(self) -> Any:
         settings = self._settings
@@ -136,12 +139,14 @@ class EventConsumer:
                 if failure is not None:
                     self._failures.pop(_key(message), None)
                 await acknowledge(consumer, message)
+                self._outcomes.acked.inc()
                 if new_events:
                     self._on_new_events()
                 return
         deliveries = self._remember(message, failure, refusal)
         if deliveries <= self._settings.pulsar_max_redeliveries:
             await consumer.negative_acknowledge(message)
+            self._outcomes.refused.inc()
             return
         reason, text = refusal
         try:
@@ -153,6 +158,7 @@ class EventConsumer:
             return
         self._failures.pop(_key(message), None)
         await acknowledge(consumer, message)
+        self._outcomes.dead_lettered.inc()
 
     async def _ingest(self, message: Any) -> int:
         body: bytes = message.data()

@@ -52,6 +52,7 @@ async def pulsar_ctx(app: web.Application) -> AsyncIterator[None]:
             dead_letters,
             settings,
             topics,
+            metrics,
             on_new_events=publisher.wake if publisher is not None else lambda: None,
         )
         runners.append(

@@ -24,7 +24,7 @@ import structlog
 from service.intake import IntakeError, Target, check_idempotency_key, enqueue, resolve_target
 from service.metrics import Metrics
 from service.pulsar.deadletter import DeadLetters
-from service.pulsar.messages import Redelivery, acknowledge, property_value
+from service.pulsar.messages import Outcomes, Redelivery, acknowledge, property_value
 from service.queue import IdempotencyConflict, JobQueue
 from service.request import BatchRequest, RequestInvalid, parse_request
 from service.settings import Settings
@@ -105,7 +105,8 @@ class JobIntake:
         self._dead_letters = dead_letters
         self._settings = settings
         self._metrics = metrics
-        self._redelivery = Redelivery("intake")
+        self._outcomes = Outcomes(metrics, "intake")
+        self._redelivery = Redelivery("intake", self._outcomes)
 
     async def subscribe(self) -> Any:
         settings = self._settings
@@ -148,6 +149,7 @@ class JobIntake:
         self._redelivery.succeeded()
         log.info("pulsar_job_accepted", job_id=record.id, created=created)
         await acknowledge(consumer, message)
+        self._outcomes.acked.inc()
 
     async def _dead_letter(self, consumer: Any, message: Any, invalid: InvalidJob) -> None:
         try:
@@ -162,3 +164,4 @@ class JobIntake:
             return
         log.info("pulsar_job_refused", code=invalid.code, errors=len(invalid.errors))
         await acknowledge(consumer, message)
+        self._outcomes.dead_lettered.inc()

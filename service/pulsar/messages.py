@@ -10,12 +10,26 @@ import pulsar.asyncio
 import structlog
 
 from service.backoff import full_jitter
+from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 # Pause of a worker after a transient failure: full jitter, doubling per consecutive failure.
 PAUSE_BASE_SECONDS = 0.1
 PAUSE_CAP_SECONDS = 5.0
+
+
+OUTCOMES = ("acked", "retried", "refused", "dead_lettered")
+
+
+class Outcomes:
+    """What became of each delivery of one component's messages: exactly one outcome each."""
+
+    def __init__(self, metrics: Metrics, component: str) -> None:
+        # Children made once, at 0, so every series exists before its first message.
+        self.acked, self.retried, self.refused, self.dead_lettered = (
+            metrics.pulsar_messages.labels(component, outcome) for outcome in OUTCOMES
+        )
 
 
 def property_value(properties: Mapping[str, str], name: str) -> str | None:
@@ -41,8 +55,9 @@ class Redelivery:
     of the worker that grows while failures follow each other, so a sick dependency slows
     consumption instead of spinning through the backlog."""
 
-    def __init__(self, component: str) -> None:
+    def __init__(self, component: str, outcomes: Outcomes) -> None:
         self._component = component
+        self._outcomes = outcomes
         self._streak = 0
 
     def succeeded(self) -> None:
@@ -59,4 +74,5 @@ class Redelivery:
             pause=round(pause, 3),
         )
         await consumer.negative_acknowledge(message)
+        self._outcomes.retried.inc()
         await asyncio.sleep(pause)

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
+from service.pulsar.messages import OUTCOMES
 from service.settings import Settings
 from tests.events.support import events_settings
 
@@ -72,6 +73,31 @@ async def running_app(settings: Settings) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+def outcomes(registry: Any, component: str) -> dict[str, float | None]:
+    """``cirelay_pulsar_messages_total`` of one component, by outcome."""
+    return {
+        outcome: registry.get_sample_value(
+            "cirelay_pulsar_messages_total", {"component": component, "outcome": outcome}
+        )
+        for outcome in OUTCOMES
+    }
+
+
+async def settled_outcomes(
+    registry: Any, component: str, expected: dict[str, float]
+) -> dict[str, float | None]:
+    """The outcomes once those named in ``expected`` reached it (each is counted just after the
+    broker has the acknowledgement, so the broker may show it first)."""
+
+    def reached() -> dict[str, float | None] | None:
+        counts = outcomes(registry, component)
+        return counts if all(counts[k] == v for k, v in expected.items()) else None
+
+    counts = await wait_until(reached, f"{component} outcomes {expected}")
+    assert isinstance(counts, dict)
+    return counts
 
 
 async def wait_until(

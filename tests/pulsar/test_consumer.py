@@ -25,6 +25,7 @@ from tests.pulsar.support import (
     pulsar_settings,
     read_topic,
     running_app,
+    settled_outcomes,
     topic,
     wait_until,
 )
@@ -73,6 +74,8 @@ async def test_xml_and_json_events_are_stored_and_acknowledged(
             registry, "cirelay_events_received_total",
             source="pulsar", format="xml", event_type="TaskFinish",
         ) == 2
+        counts = await settled_outcomes(registry, "events", {"acked": 4})
+        assert counts == {"acked": 4, "retried": 0, "refused": 0, "dead_lettered": 0}
         resp = await client.get("/readyz")
         body = await resp.json()
         assert resp.status == 200, body
@@ -164,7 +167,11 @@ async def test_a_transient_failure_is_redelivered_until_it_succeeds(
             conn.execute("DROP TRIGGER refuse")
         await wait_until(lambda: len(event_rows(db)) == 1, "the event stored")
         await wait_until(lambda: _settled(admin, events), "the message acknowledged")
-        assert _rejections(client.app[METRICS].registry) == 0
+        registry = client.app[METRICS].registry
+        assert _rejections(registry) == 0
+        counts = await settled_outcomes(registry, "events", {"acked": 1})
+        assert (counts["retried"] or 0) >= 4  # the deliveries while the fault lasted
+        assert (counts["refused"], counts["dead_lettered"]) == (0, 0)
     dead = await admin.get("/admin/v2/persistent/public/default")
     assert events + "-DLQ" not in dead
 
@@ -198,6 +205,8 @@ async def test_a_message_that_never_parses_is_dead_lettered_after_redeliveries(
         assert sample(
             registry, "cirelay_events_rejected_total", source="pulsar", reason="malformed_xml"
         ) == 1
+        counts = await settled_outcomes(registry, "events", {"acked": 1, "dead_lettered": 1})
+        assert counts == {"acked": 1, "retried": 0, "refused": 2, "dead_lettered": 1}
     assert [row["job_id"] for row in event_rows(db)] == ["jgood"]
     with sqlite3.connect(db) as conn:
         kept = conn.execute("SELECT source, reason, body FROM rejected_callbacks").fetchall()

@@ -21,6 +21,7 @@ from tests.pulsar.support import (
     pulsar_settings,
     read_topic,
     running_app,
+    settled_outcomes,
     topic,
     wait_until,
 )
@@ -134,6 +135,10 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
             lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged"
         )
         assert [job["request"]["Name"] for job in await jobs(client)] == ["first"]
+        counts = await settled_outcomes(
+            client.app[METRICS].registry, "intake", {"acked": 1, "dead_lettered": 6}
+        )
+        assert counts == {"acked": 1, "retried": 0, "refused": 0, "dead_lettered": 6}
 
 
 async def test_a_database_failure_redelivers_the_job_until_it_is_queued(
@@ -162,6 +167,9 @@ async def test_a_database_failure_redelivers_the_job_until_it_is_queued(
             conn.execute("DROP TRIGGER refuse")
         await wait_until(lambda: _jobs_when(client, 1), "the job queued")
         await wait_until(lambda: _settled(admin, intake, delivered=3), "the message acknowledged")
+        counts = await settled_outcomes(client.app[METRICS].registry, "intake", {"acked": 1})
+        assert (counts["retried"] or 0) >= 2  # the deliveries while the fault lasted
+        assert (counts["refused"], counts["dead_lettered"]) == (0, 0)
     topics = await admin.get("/admin/v2/persistent/public/default")
     assert intake + "-DLQ" not in topics
 
