@@ -126,15 +126,23 @@ async def test_serve_sandbox_runs_the_whole_loop(tmp_path: Path) -> None:
             job["Operation"]["Output"]["Bucket"] = BUCKET
             async with session.post(f"{ready['service_url']}/v1/jobs", json=job, headers=auth) as r:
                 assert r.status in (200, 201, 202), await r.text()
+                job_id = (await r.json())["id"]
             await process.wait_for_log("callback_delivered", count=3)
+            # The sandbox polls its emulator every 2 s, not every 30 s as for real CI.
+            finished = await process.wait_for_log("job_finished")
             async with session.get(f"{ready['service_url']}/v1/events", headers=auth) as r:
                 events = (await r.json())["events"]
+            async with session.get(f"{ready['service_url']}/v1/jobs/{job_id}", headers=auth) as r:
+                state = (await r.json())["state"]
 
     assert ready["service_url"] == f"http://127.0.0.1:{port}"
     assert ready["bucket"] == "sandbox-1250000000"
     assert ready["region"] == "ap-guangzhou"
     assert ready["bearer"] == "sandbox"
-    assert sorted(e["input"]["object"] for e in events) == [
+    tasks = [e for e in events if e["event_type"] == "TaskFinish"]
+    assert sorted(e["input"]["object"] for e in tasks) == [
         f"input/object-{n}.mp4" for n in (1, 2, 3)
     ]
-    assert {e["state"] for e in events} == {"Success"}
+    assert {e["state"] for e in tasks} == {"Success"}
+    assert [e["event_type"] for e in events if e not in tasks] == ["BatchFinish"]
+    assert (finished["job_id"], finished["state"], state) == (job_id, "succeeded", "succeeded")
