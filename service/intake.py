@@ -28,6 +28,9 @@ log = structlog.get_logger(__name__)
 NAME_LIMIT = 128
 SUFFIX_LENGTH = 16
 IDEMPOTENCY_KEY_LIMIT = 200
+# A Request's errors reported to its sender (422 details, dead-letter property): the first this
+# many, so that a pathological body cannot make an answer many times its own size.
+REPORTED_ERRORS = 100
 
 # The same shapes the CI client accepts when it builds `<bucket>.ci.<region>.myqcloud.com`.
 _BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")

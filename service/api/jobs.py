@@ -11,7 +11,13 @@ from service.api.params import decode_cursor, encode_cursor, parse_limit
 from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
 from service.ci.errors import CIError
 from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
-from service.intake import IntakeError, check_idempotency_key, enqueue, resolve_target
+from service.intake import (
+    REPORTED_ERRORS,
+    IntakeError,
+    check_idempotency_key,
+    enqueue,
+    resolve_target,
+)
 from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
 from service.timefmt import epoch_text
@@ -46,11 +52,13 @@ async def create_job(request: web.Request) -> web.Response:
     except DocumentError as exc:
         raise ApiError(400, "invalid_document", exc.message, [{"reason": exc.reason}]) from None
     except RequestInvalid as exc:
+        count = len(exc.errors)
+        shown = "" if count <= REPORTED_ERRORS else f"; the first {REPORTED_ERRORS} are listed"
         raise ApiError(
             422,
             "invalid_request",
-            f"the Request breaks {len(exc.errors)} rule(s)",
-            [error.as_dict() for error in exc.errors],
+            f"the Request breaks {count} rule(s){shown}",
+            [error.as_dict() for error in exc.errors[:REPORTED_ERRORS]],
         ) from None
     try:
         job, created = await enqueue(

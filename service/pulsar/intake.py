@@ -21,7 +21,14 @@ import pulsar
 import pulsar.asyncio
 import structlog
 
-from service.intake import IntakeError, Target, check_idempotency_key, enqueue, resolve_target
+from service.intake import (
+    REPORTED_ERRORS,
+    IntakeError,
+    Target,
+    check_idempotency_key,
+    enqueue,
+    resolve_target,
+)
 from service.metrics import Metrics
 from service.pulsar.deadletter import DeadLetters
 from service.pulsar.messages import Outcomes, Redelivery, acknowledge, property_value
@@ -33,7 +40,6 @@ from service.xmlsafe import DocumentError
 log = structlog.get_logger(__name__)
 
 ERRORS = "cirelay-errors"  # dead-letter property: JSON list of {path|reason, message}
-MAX_ERRORS = 100  # of a Request's errors, the first this many go into the property
 
 
 class InvalidJob(Exception):
@@ -157,7 +163,7 @@ class JobIntake:
                 message,
                 invalid.code,
                 invalid.message,
-                extra={ERRORS: json.dumps(invalid.errors[:MAX_ERRORS], ensure_ascii=False)},
+                extra={ERRORS: json.dumps(invalid.errors[:REPORTED_ERRORS], ensure_ascii=False)},
             )
         except pulsar.asyncio.PulsarException as exc:
             await self._redelivery.later(consumer, message, exc)

@@ -227,6 +227,18 @@ async def test_unknown_fields_are_422(api: Client, auth: dict[str, str]) -> None
     assert "Request.Operation.Colour" in details
 
 
+async def test_a_flood_of_errors_is_reported_up_to_a_bound(
+    api: Client, auth: dict[str, str]
+) -> None:
+    tree = request_tree()
+    tree["Operation"].update({f"Unknown{n:03}": "x" for n in range(150)})
+    status, body = await post_job(api, auth, json.dumps(tree).encode())
+    assert status == 422
+    assert error(body)["message"] == "the Request breaks 150 rule(s); the first 100 are listed"
+    paths = [d["path"] for d in error(body)["details"]]
+    assert paths == [f"Request.Operation.Unknown{n:03}" for n in range(100)]
+
+
 async def test_wrong_types_are_422(api: Client, auth: dict[str, str]) -> None:
     tree = request_tree()
     tree["Name"] = 42
