@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from aiohttp import web
 from service.emulator.details import batch_detail, media_detail
 from service.emulator.jobs import CancelRefused
 from service.emulator.keys import ENGINE, REQUEST_ID, SETTINGS, STATS, TARGET
-from service.emulator.listing import invalid, paginate, parse_page
+from service.emulator.listing import Page, T, invalid, paginate, parse_page
 from service.emulator.responses import CIError, empty_answer, xml_answer
 from service.emulator.spec import spec_from_request
 from service.request import TAG_ALIASES, RequestInvalid, parse_request
@@ -84,10 +85,17 @@ async def list_batches(request: web.Request) -> web.Response:
         batches = [b for b in batches if b.job_id == params["jobId"]]
     if params.get("name"):
         batches = [b for b in batches if b.spec.name == params["name"]]
-    shown, token = paginate(batches, page)
+    return _list_answer(request, batches, page, batch_detail)
+
+
+def _list_answer(
+    request: web.Request, items: Iterable[T], page: Page, detail: Callable[[T], Any]
+) -> web.Response:
+    """A list call's answer: the page's JobsDetail (absent when empty) and its NextToken."""
+    shown, token = paginate(items, page)
     body: dict[str, Any] = {}
     if shown:
-        body["JobsDetail"] = [batch_detail(b) for b in shown]
+        body["JobsDetail"] = [detail(item) for item in shown]
     body["NextToken"] = token
     return xml_answer(body, request[REQUEST_ID])
 
@@ -143,12 +151,7 @@ async def list_media_jobs(request: web.Request) -> web.Response:
         and params.get("queueId", "") in ("", engine.batches[j.batch_id].spec.queue_id)
         and params.get("inventoryTriggerJobId", "") in ("", j.batch_id)
     ]
-    shown, token = paginate(jobs, page)
-    body: dict[str, Any] = {}
-    if shown:
-        body["JobsDetail"] = [media_detail(j, engine.batches[j.batch_id]) for j in shown]
-    body["NextToken"] = token
-    return xml_answer(body, request[REQUEST_ID])
+    return _list_answer(request, jobs, page, lambda j: media_detail(j, engine.batches[j.batch_id]))
 
 
 @routes.put("/jobs/{job_id}")
