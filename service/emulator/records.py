@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from service.emulator.spec import BatchSpec
 from service.emulator.times import from_iso, to_iso
@@ -45,39 +45,11 @@ class Batch:
         return self.state in TERMINAL
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "bucket": self.bucket,
-            "region": self.region,
-            "seq": self.seq,
-            "spec": self.spec.to_dict(),
-            "creation_time": to_iso(self.creation_time),
-            "state": self.state,
-            "code": self.code,
-            "message": self.message,
-            "start_time": to_iso(self.start_time),
-            "end_time": to_iso(self.end_time),
-            "media_job_ids": list(self.media_job_ids),
-        }
+        return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Batch:
-        created = from_iso(data["creation_time"])
-        assert created is not None
-        return cls(
-            job_id=data["job_id"],
-            bucket=data["bucket"],
-            region=data["region"],
-            seq=int(data["seq"]),
-            spec=BatchSpec.from_dict(data["spec"]),
-            creation_time=created,
-            state=data["state"],
-            code=data["code"],
-            message=data["message"],
-            start_time=from_iso(data["start_time"]),
-            end_time=from_iso(data["end_time"]),
-            media_job_ids=list(data["media_job_ids"]),
-        )
+        return _from_json(cls, data)
 
 
 @dataclass
@@ -106,48 +78,41 @@ class MediaJob:
         return self.state in TERMINAL
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "batch_id": self.batch_id,
-            "bucket": self.bucket,
-            "region": self.region,
-            "seq": self.seq,
-            "object_key": self.object_key,
-            "output_object": self.output_object,
-            "output_names": list(self.output_names),
-            "output_prefix": self.output_prefix,
-            "creation_time": to_iso(self.creation_time),
-            "state": self.state,
-            "code": self.code,
-            "message": self.message,
-            "start_time": to_iso(self.start_time),
-            "end_time": to_iso(self.end_time),
-            "run_seq": self.run_seq,
-            "end_seq": self.end_seq,
-            "callback": self.callback,
-        }
+        return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MediaJob:
-        created = from_iso(data["creation_time"])
-        assert created is not None
-        return cls(
-            job_id=data["job_id"],
-            batch_id=data["batch_id"],
-            bucket=data["bucket"],
-            region=data["region"],
-            seq=int(data["seq"]),
-            object_key=data["object_key"],
-            output_object=data["output_object"],
-            output_names=list(data["output_names"]),
-            output_prefix=data["output_prefix"],
-            creation_time=created,
-            state=data["state"],
-            code=data["code"],
-            message=data["message"],
-            start_time=from_iso(data["start_time"]),
-            end_time=from_iso(data["end_time"]),
-            run_seq=int(data["run_seq"]),
-            end_seq=int(data["end_seq"]),
-            callback=data["callback"],
-        )
+        return _from_json(cls, data)
+
+
+# The JSON form is the fields by name; times are ISO text and the spec its own dict.
+_TIMES = frozenset({"creation_time", "start_time", "end_time"})
+_Record = TypeVar("_Record", Batch, MediaJob)
+
+
+def _to_json(record: Batch | MediaJob) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in _TIMES:
+            value = to_iso(value)
+        elif isinstance(value, BatchSpec):
+            value = value.to_dict()
+        elif isinstance(value, list):
+            value = list(value)
+        data[f.name] = value
+    return data
+
+
+def _from_json(cls: type[_Record], data: dict[str, Any]) -> _Record:
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        value = data[f.name]
+        if f.name in _TIMES:
+            value = from_iso(value)
+        elif f.name == "spec":
+            value = BatchSpec.from_dict(value)
+        elif isinstance(value, list):
+            value = list(value)
+        values[f.name] = value
+    return cls(**values)
