@@ -18,7 +18,7 @@ import structlog
 
 from service.metrics import Metrics
 from service.queue import JobQueue, JobRecord, NewJob, Via
-from service.request import BatchRequest
+from service.request import BatchRequest, RequestInvalid
 from service.request.model import TAGS
 from service.settings import Settings, env_name
 
@@ -31,6 +31,7 @@ IDEMPOTENCY_KEY_LIMIT = 200
 # A Request's errors reported to its sender (422 details, dead-letter property): the first this
 # many, so that a pathological body cannot make an answer many times its own size.
 REPORTED_ERRORS = 100
+UNSUPPORTED_MEDIA_TYPE = "send the Request as application/json or application/xml"
 
 # The same shapes the CI client accepts when it builds `<bucket>.ci.<region>.myqcloud.com`.
 _BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -46,6 +47,20 @@ class IntakeError(ValueError):
         self.code = code
         self.field = field
         self.message = message
+
+
+def supported_media_type(content_type: str) -> bool:
+    """A Request's Content-Type names JSON or XML, or is absent (the body is then sniffed)."""
+    return not content_type or any(kind in content_type.lower() for kind in ("json", "xml"))
+
+
+def rule_errors(exc: RequestInvalid) -> tuple[str, list[dict[str, str]]]:
+    """What a sender is told of a Request that breaks CI's rules: a message with the count, and
+    the first ``REPORTED_ERRORS`` errors with their node paths."""
+    count = len(exc.errors)
+    shown = "" if count <= REPORTED_ERRORS else f"; the first {REPORTED_ERRORS} are listed"
+    details = [error.as_dict() for error in exc.errors[:REPORTED_ERRORS]]
+    return f"the Request breaks {count} rule(s){shown}", details
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,13 @@ from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER
 from service.ci.errors import CIError
 from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
 from service.intake import (
-    REPORTED_ERRORS,
+    UNSUPPORTED_MEDIA_TYPE,
     IntakeError,
     check_idempotency_key,
     enqueue,
     resolve_target,
+    rule_errors,
+    supported_media_type,
 )
 from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
@@ -42,24 +44,16 @@ async def create_job(request: web.Request) -> web.Response:
         details = [{"path": exc.field, "message": exc.message}]
         raise ApiError(400, exc.code, exc.message, details) from None
     content_type = request.headers.get("Content-Type", "")
-    if content_type and not any(kind in content_type.lower() for kind in ("json", "xml")):
-        raise ApiError(
-            415, "unsupported_media_type", "send the Request as application/json or application/xml"
-        )
+    if not supported_media_type(content_type):
+        raise ApiError(415, "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE)
     body = await request.read()  # over max_body_bytes: 413 from aiohttp, rendered by middleware
     try:
         batch = parse_request(body, content_type, max_depth=settings.max_xml_depth)
     except DocumentError as exc:
         raise ApiError(400, "invalid_document", exc.message, [{"reason": exc.reason}]) from None
     except RequestInvalid as exc:
-        count = len(exc.errors)
-        shown = "" if count <= REPORTED_ERRORS else f"; the first {REPORTED_ERRORS} are listed"
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"the Request breaks {count} rule(s){shown}",
-            [error.as_dict() for error in exc.errors[:REPORTED_ERRORS]],
-        ) from None
+        message, details = rule_errors(exc)
+        raise ApiError(422, "invalid_request", message, details) from None
     try:
         job, created = await enqueue(
             request.app[QUEUE],

@@ -22,12 +22,14 @@ import pulsar.asyncio
 import structlog
 
 from service.intake import (
-    REPORTED_ERRORS,
+    UNSUPPORTED_MEDIA_TYPE,
     IntakeError,
     Target,
     check_idempotency_key,
     enqueue,
     resolve_target,
+    rule_errors,
+    supported_media_type,
 )
 from service.metrics import Metrics
 from service.pulsar.deadletter import DeadLetters
@@ -75,9 +77,8 @@ def read_job(
         details = [{"path": exc.field, "message": exc.message}]
         raise InvalidJob(exc.code, exc.message, details) from None
     content_type = property_value(properties, "content-type") or ""
-    if content_type and not any(kind in content_type.lower() for kind in ("json", "xml")):
-        message = "send the Request as application/json or application/xml"
-        raise InvalidJob("unsupported_media_type", message, [])
+    if not supported_media_type(content_type):
+        raise InvalidJob("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, [])
     if len(body) > settings.max_body_bytes:
         message = f"message body exceeds {settings.max_body_bytes} bytes"
         raise InvalidJob("body_too_large", message, [])
@@ -88,11 +89,7 @@ def read_job(
             "invalid_document", exc.message, [{"reason": exc.reason, "message": exc.message}]
         ) from None
     except RequestInvalid as exc:
-        raise InvalidJob(
-            "invalid_request",
-            f"the Request breaks {len(exc.errors)} rule(s)",
-            [error.as_dict() for error in exc.errors],
-        ) from None
+        raise InvalidJob("invalid_request", *rule_errors(exc)) from None
     key = given or "pulsar-" + hashlib.sha256(message_ref.encode()).hexdigest()[:32]
     return JobMessage(request, target, key)
 
@@ -163,7 +160,7 @@ class JobIntake:
                 message,
                 invalid.code,
                 invalid.message,
-                extra={ERRORS: json.dumps(invalid.errors[:REPORTED_ERRORS], ensure_ascii=False)},
+                extra={ERRORS: json.dumps(invalid.errors, ensure_ascii=False)},
             )
         except pulsar.asyncio.PulsarException as exc:
             await self._redelivery.later(consumer, message, exc)

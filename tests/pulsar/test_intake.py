@@ -207,6 +207,20 @@ def test_read_job_refuses_a_body_over_the_limit(tmp_path: Path) -> None:
     assert caught.value.code == "body_too_large"
 
 
+def test_read_job_reports_the_first_hundred_errors(tmp_path: Path) -> None:
+    settings = pulsar_settings(
+        tmp_path, _NoBroker(), CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION
+    )
+    tree = request_tree()
+    tree["Operation"].update({f"Unknown{n:03}": "x" for n in range(150)})
+    with pytest.raises(InvalidJob) as caught:
+        read_job(json.dumps({"Request": tree}).encode(), {}, "ref", settings)
+    assert caught.value.code == "invalid_request"
+    assert caught.value.message == "the Request breaks 150 rule(s); the first 100 are listed"
+    paths = [error["path"] for error in caught.value.errors]
+    assert paths == [f"Request.Operation.Unknown{n:03}" for n in range(100)]
+
+
 class _NoBroker:
     url = "pulsar://127.0.0.1:9"
     admin_url = "http://127.0.0.1:9"
