@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +145,11 @@ async def _checkpoint_forever(conn: aiosqlite.Connection, seconds: float) -> Non
             await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # e.g. the disk is full: the next round tries again
             log.warning("sqlite_checkpoint_failed", error=str(exc))
+
+
+def marks(values: Sized) -> str:
+    """``?, ?, …``: one parameter mark per value, for an ``IN (…)`` list."""
+    return ", ".join("?" * len(values))
 
 
 def _statements(sql: str) -> list[str]:

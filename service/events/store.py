@@ -28,7 +28,7 @@ import aiosqlite
 import orjson
 import structlog
 
-from service.db import Database, Migration
+from service.db import Database, Migration, marks
 
 log = structlog.get_logger(__name__)
 
@@ -301,7 +301,7 @@ class EventStore:
                 cur = await conn.execute(
                     "UPDATE events SET batch_id = COALESCE(batch_id, ?),"
                     " cirelay_job_id = COALESCE(cirelay_job_id, ?)"
-                    f" WHERE job_id IN ({_marks(chunk)})"
+                    f" WHERE job_id IN ({marks(chunk)})"
                     " AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
                     (batch_id, cirelay_job_id, *chunk),
                 )
@@ -359,7 +359,7 @@ class EventStore:
         async with self._db.exclusive() as conn:
             for chunk in _chunks(list(job_ids)):
                 rows = await conn.execute_fetchall(
-                    f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({_marks(chunk)})"
+                    f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({marks(chunk)})"
                     " AND event_type = ?",
                     (*chunk, event_type),
                 )
@@ -397,7 +397,7 @@ class EventStore:
         async with self._db.transaction() as conn:
             for chunk in _chunks(list(seqs)):
                 await conn.execute(
-                    f"UPDATE events SET unpublished = NULL WHERE seq IN ({_marks(chunk)})", chunk
+                    f"UPDATE events SET unpublished = NULL WHERE seq IN ({marks(chunk)})", chunk
                 )
 
 
@@ -453,7 +453,3 @@ def _resolve(write: _Write, outcome: list[bool] | BaseException) -> None:
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
-
-
-def _marks(chunk: Sequence[Any]) -> str:
-    return ", ".join("?" * len(chunk))

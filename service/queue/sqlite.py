@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from service.db import Database, Migration
+from service.db import Database, Migration, marks
 from service.queue.protocol import (
     JOB_STATES,
     FinishState,
@@ -170,7 +170,7 @@ class SQLiteJobQueue:
             known: dict[str, JobRecord] = {}
             if keys:
                 rows = await conn.execute_fetchall(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key IN ({_marks(keys)})",
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key IN ({marks(keys)})",
                     keys,
                 )
                 known = {str(r["idempotency_key"]): _record(r) for r in rows}
@@ -437,10 +437,6 @@ def _insert_row(job: NewJob, now: float) -> tuple[Any, ...]:
         now,
         now,
     )
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values)
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
