@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 
 from service.ci.client import CIClient
-from service.ci.errors import CIRetryableError
 from service.ci.signing import Credentials
+from tests.queue import rig
 from tests.queue.rig import SECRET_ID, SECRET_KEY
 from tests.queue.samples import BUCKET, REGION
 
@@ -144,18 +144,9 @@ async def created_at_ci(session: aiohttp.ClientSession, emulator_url: str) -> in
 
 async def names_at_ci(session: aiohttp.ClientSession, emulator_url: str) -> list[str]:
     """Every batch job name the emulator holds, read through CI's list call."""
-    ci = CIClient(session, Credentials(SECRET_ID, SECRET_KEY), endpoint=emulator_url)
-    names: list[str] = []
-    token = ""
-    while True:
-        try:
-            page = await ci.list(BUCKET, REGION, size=100, next_token=token)
-        except CIRetryableError:
-            continue
-        names += [job.name for job in page.jobs]
-        token = page.next_token
-        if not token:
-            return names
+    return await rig.names_at_ci(
+        CIClient(session, Credentials(SECRET_ID, SECRET_KEY), endpoint=emulator_url)
+    )
 
 
 async def emulator_stats(session: aiohttp.ClientSession, emulator_url: str) -> dict[str, Any]:

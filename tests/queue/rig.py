@@ -96,19 +96,7 @@ class Rig:
         return int((await self.stats())["batches_created"].get(BUCKET, 0))
 
     async def names_at_ci(self) -> list[str]:
-        """Every batch name at CI, through CI's own list call (all pages), retrying the faults
-        the emulator injects into this call too."""
-        names: list[str] = []
-        token = ""
-        while True:
-            try:
-                page = await self.ci.list(BUCKET, REGION, size=100, next_token=token)
-            except CIRetryableError:
-                continue
-            names += [job.name for job in page.jobs]
-            token = page.next_token
-            if not token:
-                return names
+        return await names_at_ci(self.ci)
 
     def submitted(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -135,3 +123,19 @@ def ci_client(session: aiohttp.ClientSession, settings: Settings, metrics: Metri
         timeout=settings.ci_timeout_seconds,
         metrics=metrics,
     )
+
+
+async def names_at_ci(ci: CIClient) -> list[str]:
+    """Every batch name at CI, through CI's own list call (all pages), retrying the faults the
+    emulator injects into this call too."""
+    names: list[str] = []
+    token = ""
+    while True:
+        try:
+            page = await ci.list(BUCKET, REGION, size=100, next_token=token)
+        except CIRetryableError:
+            continue
+        names += [job.name for job in page.jobs]
+        token = page.next_token
+        if not token:
+            return names
