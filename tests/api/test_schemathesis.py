@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.emulator.sandbox import SANDBOX_API_TOKEN
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,6 @@ START_DEADLINE = 30.0
 # A guard against a hung run, not a measure of speed.
 RUN_TIMEOUT = 600.0
 STOP_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _environment(**settings: str) -> dict[str, str]:
@@ -106,7 +99,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(base URL, log file) of a running `cirelay serve --sandbox` on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     env = _environment(

@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ import yaml
 from service import __version__
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import as_promql, dashboard_queries
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,6 @@ PANELS_WITH_DATA = [
     "Events received",
     "HTTP requests by route and status",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Child:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ import aiohttp
 
 from service.ci.client import CIClient
 from service.ci.signing import Credentials
+from tests.ports import free_port
 from tests.queue import rig
 from tests.queue.rig import SECRET_ID, SECRET_KEY
 from tests.queue.samples import BUCKET, REGION
@@ -24,13 +24,6 @@ from tests.queue.samples import BUCKET, REGION
 API_TOKEN = "e2e-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 START_DEADLINE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _environment(settings: Mapping[str, str]) -> dict[str, str]:

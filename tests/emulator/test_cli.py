@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,17 +17,11 @@ import pytest
 
 from tests.emulator.conftest import BUCKET, SECRET_ID, SECRET_KEY, WAIT, batch_request, sdk_for
 from tests.emulator.test_sdk import create, get_batch
+from tests.ports import free_port
 
 CIRELAY = str(Path(sys.executable).with_name("cirelay"))
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Process:
