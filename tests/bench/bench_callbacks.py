@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import sqlite3
@@ -54,7 +53,9 @@ from service.ingest.normalize import normalize
 from service.ingest.parse import parse_callback
 from service.queue import SQLiteJobQueue
 from service.tokens import callback_token
+from tests.bench import wrk
 from tests.events.support import events_settings, submitted_job
+from tests.ports import free_port
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "callbacks"
 SAMPLE_JOB_ID = "j94f9b32cb8bfeff04af295b059e59c2b"
@@ -123,13 +124,6 @@ function request()
   return wrk.format(nil, nil, nil, prefix .. tag .. counter .. suffix)
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- the servers (run in child processes) -------------------------------------------------------
@@ -241,7 +235,7 @@ async def _submitted_job(db: str) -> str:
 
 
 def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
-    port = _free_port()
+    port = free_port()
     db = workdir / f"{kind}-{port}.db"
     token_file = workdir / f"{kind}-{port}.token"
     proc = subprocess.Popen(
@@ -311,31 +305,7 @@ def _wrk(
         ctype,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return _parse_wrk(out)
-
-
-def _parse_wrk(out: str) -> dict[str, Any]:
-    def find(pattern: str) -> str:
-        match = re.search(pattern, out, re.MULTILINE)
-        if match is None:
-            raise SystemExit(f"unexpected wrk output (no {pattern!r}):\n{out}")
-        return match.group(1)
-
-    def ms(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
-
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {
-        "rps": float(find(r"Requests/sec:\s+([\d.]+)")),
-        "requests": int(find(r"(\d+) requests in")),
-        # Anchored: "87.50%" in the thread stats must not pass for the 50th percentile.
-        "p50_ms": ms(find(r"^\s+50%\s+(\S+)")),
-        "p99_ms": ms(find(r"^\s+99%\s+(\S+)")),
-        "non_2xx": int(bad.group(1)) if bad else 0,
-        "socket_errors": errors.group(1) if errors else "",
-    }
+    return wrk.parse(out)
 
 
 def _stored(db: Path, table: str) -> int:

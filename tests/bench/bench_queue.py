@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +41,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.bench import wrk
+from tests.ports import free_port
 
 SERVER_CORE = 0
 LOAD_CORE = 1
@@ -59,13 +61,6 @@ function init(args)
   wrk.headers["Authorization"] = "Bearer " .. args[2]
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_port(proc: subprocess.Popen[bytes], port: int, what: str) -> None:
@@ -135,35 +130,13 @@ def _wrk(url: str, seconds: float, connections: int, workdir: Path) -> dict[str,
         f"-d{round(seconds)}s", "--latency", "-s", str(script), url, "--", str(body), API_TOKEN,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": rps,
-        "p50_ms": _ms(_find(r"50%\s+(\S+)", out)),
-        "p99_ms": _ms(_find(r"99%\s+(\S+)", out)),
-        "non_2xx": int(bad.group(1)) if bad else 0,
-    }
-
-
-def _find(pattern: str, text: str) -> str:
-    found = re.search(pattern, text)
-    if found is None:
-        raise SystemExit(f"unexpected wrk output:\n{text}")
-    return found.group(1)
-
-
-def _ms(text: str) -> float:
-    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if found is None:
-        raise SystemExit(f"unexpected wrk latency {text!r}")
-    value, unit = found.groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+    return wrk.parse(out)
 
 
 def bench_intake(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for kind in ("bare", "cirelay"):
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.bench.bench_queue", "--serve", kind, "--port",
              str(port), "--workdir", str(workdir)],
@@ -250,7 +223,7 @@ async def _submission(args: argparse.Namespace, workdir: Path, emulator_url: str
 
 
 def bench_submission(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
     env.update(
         CIRELAY_EMULATOR_CREDENTIALS=f"{SECRET_ID}:{SECRET_KEY}",
