@@ -16,7 +16,6 @@ from service.api import callbacks, docs, events, health, jobs, metrics
 from service.api.middleware import request_context
 from service.appkeys import (
     CI_CLIENT,
-    DB,
     EVENT_PIPELINE,
     EVENT_STORE,
     HTTP,
@@ -25,21 +24,20 @@ from service.appkeys import (
     RATE_LIMITER,
     READINESS,
     SETTINGS,
+    STORAGE,
     SUBMITTER,
 )
 from service.ci.client import CIClient
 from service.ci.signing import Credentials
-from service.db import Database
 from service.events.pipeline import EventPipeline
-from service.events.store import EventStore
 from service.intake import preinitialise_metrics
 from service.metrics import Metrics
 from service.pulsar.context import pulsar_ctx
-from service.queue import SQLiteJobQueue
 from service.queue.gauges import refresh_queue_gauges
 from service.ratelimit import RateLimiter
 from service.reconcile import Reconciler
 from service.settings import Settings
+from service.storage import open_storage
 from service.submitter import Submitter, preinitialise_outcomes
 
 log = structlog.get_logger(__name__)
@@ -48,18 +46,28 @@ log = structlog.get_logger(__name__)
 QUEUE_GAUGE_SECONDS = 5.0
 
 
-async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = await Database.open(app[SETTINGS].sqlite_path)
-    app[DB] = db
+async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    storage = await open_storage(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        # Outbox entries only when a publisher drains them; otherwise they would pile up forever.
+        outbox=bool(settings.pulsar_url and settings.pulsar_output_topic),
+        rejected_body_max_bytes=settings.rejected_body_max_bytes,
+        rejected_max_count=settings.rejected_max_count,
+    )
+    app[STORAGE] = storage
+    app[QUEUE] = storage.queue
+    app[EVENT_STORE] = storage.events
 
     async def writable() -> tuple[bool, str]:
-        async with db.transaction() as conn:
-            await conn.execute("SELECT 1")
+        await storage.ping()
         return True, "ok"
 
     app[READINESS]["database"] = writable
     yield
-    await db.close()
+    # In-flight requests finished before cleanup began; commit what they handed over.
+    await storage.close()
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -68,9 +76,8 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    queue = await SQLiteJobQueue.open(app[DB])
-    app[QUEUE] = queue
+async def queue_gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    queue = app[QUEUE]
     metrics = app[METRICS]
     preinitialise_metrics(metrics)
     preinitialise_outcomes(metrics)
@@ -118,9 +125,7 @@ async def submitter_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.submitter_enabled:
         yield
         return
-    submitter = Submitter(
-        app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], settings, app[METRICS]
-    )
+    submitter = Submitter(app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], settings, app[METRICS])
     app[SUBMITTER] = submitter
     submitter.start()
     yield
@@ -129,21 +134,10 @@ async def submitter_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def events_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = await EventStore.open(
-        app[DB],
-        # Outbox entries only when a publisher drains them; otherwise they would pile up forever.
-        outbox=bool(settings.pulsar_url and settings.pulsar_output_topic),
-        rejected_body_max_bytes=settings.rejected_body_max_bytes,
-        rejected_max_count=settings.rejected_max_count,
-    )
-    app[EVENT_STORE] = store
     app[EVENT_PIPELINE] = EventPipeline(
-        store, app[QUEUE], app[METRICS], max_depth=settings.max_xml_depth
+        app[EVENT_STORE], app[QUEUE], app[METRICS], max_depth=app[SETTINGS].max_xml_depth
     )
     yield
-    # In-flight callbacks finished before cleanup began; commit what they handed over.
-    await store.close()
 
 
 async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -155,6 +149,7 @@ async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE],
         app[CI_CLIENT],
         app[EVENT_STORE],
+        app[STORAGE].leases,
         app[EVENT_PIPELINE],
         app[METRICS],
         interval=settings.reconcile_seconds,
@@ -177,17 +172,15 @@ async def frozen_heap_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[request_context], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[READINESS] = {}
     app.cleanup_ctx.extend(
         [
-            database_ctx,
+            storage_ctx,
             http_ctx,
-            queue_ctx,
+            queue_gauges_ctx,
             events_ctx,
             ci_client_ctx,
             submitter_ctx,

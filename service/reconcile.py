@@ -12,6 +12,10 @@ that exists at CI and has not ended here, one pass:
    the grace period;
 4. once the batch has ended and every ended media job has its event, emits ``BatchFinish`` and
    ends our job (``succeeded``/``failed``/``cancelled``).
+
+On several replicas each one runs passes, and a batch is reconciled by whichever replica takes its
+lease (``reconcile:<job id>``, held for one interval): one replica per batch per interval, and a
+replica that died lets go of its batches when their leases run out.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from service.ci.client import CIClient
 from service.ci.errors import CIError
 from service.ci.xml import BatchJob
 from service.events.pipeline import EventPipeline
-from service.events.store import EventStore
+from service.identity import process_owner
 from service.ingest.normalize import batch_finish_event, normalize, parse_ci_time
 from service.ingest.parse import EventRejected, ParsedCallback
 from service.metrics import Metrics
 from service.queue import FinishState, JobQueue, JobRecord
+from service.storage import EventLog, Leases
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +57,8 @@ class Reconciler:
         self,
         queue: JobQueue,
         ci: CIClient,
-        store: EventStore,
+        store: EventLog,
+        leases: Leases,
         pipeline: EventPipeline,
         metrics: Metrics,
         *,
@@ -64,6 +70,8 @@ class Reconciler:
         self._queue = queue
         self._ci = ci
         self._store = store
+        self._leases = leases
+        self._owner = process_owner()
         self._pipeline = pipeline
         self._metrics = metrics
         self._interval = interval
@@ -86,6 +94,11 @@ class Reconciler:
 
         async def one(job: JobRecord) -> None:
             async with limit:
+                lease = f"reconcile:{job.id}"
+                if not await self._leases.acquire(
+                    lease, self._owner, ttl=self._interval, now=self._clock()
+                ):
+                    return  # another replica reconciles this batch this interval
                 try:
                     await self.reconcile_job(job)
                 except CIError as exc:
@@ -194,7 +207,9 @@ class Reconciler:
         # Stored before the job ends: a crash in between re-emits it next pass, as a duplicate.
         await self._pipeline.store([event])
         ended_at = _epoch(event["ended_at"])
-        if not await self._queue.finish(job.id, end_state, at=ended_at or now):
+        finished = await self._queue.finish(job.id, end_state, at=ended_at or now)
+        await self._leases.release(f"reconcile:{job.id}", self._owner)
+        if not finished:
             return
         self._metrics.jobs_finished.labels(job.tag, end_state).inc()
         created_at = _epoch(event["created_at"])

@@ -67,7 +67,14 @@ class Settings:
     )
 
     # Database / queue
-    database_url: str = _setting("sqlite:///./cirelay.db", "Database: `sqlite:///path`.")
+    database_url: str = _setting(
+        "sqlite:///./cirelay.db",
+        "Database: `sqlite:///path` (embedded, one replica) or"
+        " `postgresql://user:password@host:port/db` (many replicas).",
+    )
+    database_pool_size: int = _setting(
+        10, "PostgreSQL: connections per process (the pool's maximum)."
+    )
     workers: int = _setting(4, "Concurrent submitter workers per process.")
     lease_seconds: float = _setting(
         30.0, "How long a claimed job stays claimed without a heartbeat."
@@ -197,8 +204,11 @@ class Settings:
 
     def check(self) -> None:
         """Cross-field rules that hold whatever the mode."""
-        if not self.database_url.startswith("sqlite:///"):
-            raise SettingsError(env_name("database_url"), "only sqlite:///PATH is supported")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise SettingsError(
+                env_name("database_url"),
+                "must be sqlite:///PATH or postgresql://user:password@host:port/db",
+            )
         for name in ("port", "emulator_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(env_name(name), "must be a port number 0-65535")
@@ -236,6 +246,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (
         (
             "workers",
+            "database_pool_size",
             "ci_concurrency",
             "retry_max_attempts",
             "emulator_workers",

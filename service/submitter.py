@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import random
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -30,6 +27,7 @@ import structlog
 from service.backoff import full_jitter
 from service.ci.errors import CIError, CIPermanentError
 from service.ci.xml import BatchJob, BatchJobPage
+from service.identity import process_owner
 from service.metrics import Metrics
 from service.queue import JobError, JobQueue, JobRecord
 from service.ratelimit import RateLimiter
@@ -135,7 +133,7 @@ class Submitter:
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = process_owner()
         self._stopping = False
         self._tasks: list[asyncio.Task[int]] = []
         self._idle: set[asyncio.Task[Any]] = set()

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import functools
 import hmac
-import sqlite3
 
 import orjson
 from aiohttp import web
 
 from service.api.errors import ApiError
 from service.appkeys import EVENT_PIPELINE, SETTINGS
-from service.events.store import StoreClosed
 from service.ingest.parse import EventRejected
+from service.storage import StorageUnavailable
 from service.tokens import job_id_from_token
 
 routes = web.RouteTableDef()
@@ -52,7 +51,7 @@ async def receive_callback(request: web.Request) -> web.Response:
             result = await pipeline.ingest(body, content_type, source=SOURCE, cirelay_job_id=job_id)
         except EventRejected as exc:
             raise ApiError(400, exc.reason, exc.message) from None
-    except (StoreClosed, sqlite3.Error):
+    except StorageUnavailable:
         # Not the caller's fault: a 503 asks CI (or whoever posts) to deliver again later.
         raise ApiError(503, "unavailable", "events cannot be stored right now") from None
     ack = {"event_ids": result.event_ids, "new": result.new_events, "duplicates": result.duplicates}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.params import decode_cursor, encode_cursor, invalid_parameter, parse_limit
+from service.api.params import decode_position, encode_position, invalid_parameter, parse_limit
 from service.appkeys import EVENT_STORE
 from service.events.pipeline import EVENT_TYPES
+from service.storage import FEED_START
 
 routes = web.RouteTableDef()
 
@@ -25,9 +26,9 @@ _CURSOR_PREFIX = "ev1:"
 async def list_events(request: web.Request) -> web.Response:
     query = request.query
     after = (
-        decode_cursor(_CURSOR_PREFIX, query["after"], parameter="after", code="invalid_parameter")
+        decode_position(_CURSOR_PREFIX, query["after"], parameter="after")
         if query.get("after")
-        else 0
+        else FEED_START
     )
     limit = parse_limit(query.get("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     event_type = query.get("type")  # present but empty is no event type either: 400
@@ -38,5 +39,8 @@ async def list_events(request: web.Request) -> web.Response:
     )
     last = page[-1][0] if page else after
     return web.json_response(
-        {"events": [event for _, event in page], "next_cursor": encode_cursor(_CURSOR_PREFIX, last)}
+        {
+            "events": [event for _, event in page],
+            "next_cursor": encode_position(_CURSOR_PREFIX, last),
+        }
     )

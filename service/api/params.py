@@ -21,21 +21,54 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
 
 
 def encode_cursor(prefix: str, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{prefix}{seq}".encode()).decode().rstrip("=")
+    return _encode(f"{prefix}{seq}")
 
 
 def decode_cursor(prefix: str, cursor: str, *, parameter: str, code: str) -> int:
     """The sequence number in a cursor this API issued; anything else is a 400 ``code``."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    head, _, number = raw.partition(prefix)
-    # ASCII digits that fit SQLite's 64-bit integers; anything else was not issued here.
-    if head or not (number.isascii() and number.isdigit() and len(number) <= 18):
+    head, _, number = _decode(cursor).partition(prefix)
+    if head or not _is_number(number):
         message = f"{parameter} is not a cursor this API returned"
         raise ApiError(400, code, message, [{"path": f"query.{parameter}", "message": message}])
     return int(number)
+
+
+def encode_position(prefix: str, position: tuple[int, int]) -> str:
+    """A feed position as a cursor: ``seq`` alone when the backend orders by it (SQLite), so
+    cursors issued before PostgreSQL support stay valid; ``xid.seq`` otherwise."""
+    xid, seq = position
+    return encode_cursor(prefix, seq) if xid == 0 else _encode(f"{prefix}{xid}.{seq}")
+
+
+def decode_position(prefix: str, cursor: str, *, parameter: str) -> tuple[int, int]:
+    """The feed position in a cursor ``encode_position`` issued; anything else is a 400."""
+    raw = _decode(cursor)
+    head, _, body = raw.partition(prefix)
+    xid, dot, seq = body.partition(".")
+    if not dot:
+        xid, seq = "0", xid
+    if head or not (_is_number(xid) and _is_number(seq)):
+        message = f"{parameter} is not a cursor this API returned"
+        raise ApiError(
+            400, "invalid_parameter", message, [{"path": f"query.{parameter}", "message": message}]
+        )
+    return int(xid), int(seq)
+
+
+def _encode(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return ""
+
+
+def _is_number(text: str) -> bool:
+    # ASCII digits that fit a 64-bit integer; anything else was not issued here.
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def invalid_parameter(parameter: str, message: str) -> ApiError:

@@ -18,9 +18,9 @@ from service.emulator.jobs import Engine
 from service.emulator.keys import CLOCK, CREDENTIALS, ENGINE, FAULTS, SETTINGS, STATS
 from service.emulator.middleware import ci_calls
 from service.emulator.randomness import Randomness
-from service.emulator.state import StateStore
 from service.emulator.stats import Stats
 from service.settings import Settings, SettingsError, env_name
+from service.storage.sqlite.emulator import StateStore
 
 log = structlog.get_logger(__name__)
 

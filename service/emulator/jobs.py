@@ -29,10 +29,10 @@ from service.emulator.records import (
     MediaJob,
 )
 from service.emulator.spec import BatchSpec
-from service.emulator.state import StateStore
 from service.emulator.stats import Stats
 from service.emulator.times import now
 from service.settings import Settings
+from service.storage.sqlite.emulator import StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any, NamedTuple
 import structlog
 from prometheus_client import Counter
 
-from service.events.store import EventStore
 from service.ingest.normalize import SOURCES, normalize
 from service.ingest.parse import EventRejected, parse_callback
 from service.metrics import Metrics
 from service.queue import JobQueue
+from service.storage import EventLog
 from service.timefmt import utc_text
 
 log = structlog.get_logger(__name__)
@@ -47,7 +47,7 @@ class _JobLink:
 class EventPipeline:
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         queue: JobQueue,
         metrics: Metrics,
         *,

@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from service.appkeys import EVENT_PIPELINE, EVENT_STORE, METRICS, QUEUE, READINESS, SETTINGS
+from service.appkeys import (
+    EVENT_PIPELINE,
+    EVENT_STORE,
+    METRICS,
+    QUEUE,
+    READINESS,
+    SETTINGS,
+    STORAGE,
+)
 from service.pulsar.connection import PulsarConnection
 from service.pulsar.consumer import EventConsumer, parse_topics
 from service.pulsar.deadletter import DeadLetters
@@ -42,7 +50,11 @@ async def pulsar_ctx(app: web.Application) -> AsyncIterator[None]:
     publisher = None
     if settings.pulsar_output_topic:
         publisher = OutboxPublisher(
-            connection, app[EVENT_STORE], settings.pulsar_output_topic, metrics
+            connection,
+            app[EVENT_STORE],
+            app[STORAGE].leases,
+            settings.pulsar_output_topic,
+            metrics,
         )
     runners = []
     if topics is not None:

@@ -1,9 +1,14 @@
 """Drain the durable outbox to ``CIRELAY_PULSAR_OUTPUT_TOPIC``: every new canonical event, as JSON.
 
-The event store writes an outbox row in the same transaction as each new event, so an event stored
-just before a crash is still published after the restart. A row is deleted only after the broker
+The event log marks each new event unpublished in the statement that stores it, so an event stored
+just before a crash is still published after the restart. The mark is cleared only after the broker
 acknowledged its message: at least once. The message key is the event's ``job_id`` (CI's JobId;
 the ``event_id`` for events without one), so Key_Shared consumers see each job's events in order.
+
+On several replicas one publishes at a time: the one holding the ``outbox`` lease, renewed while it
+works. The others stand by and take over within one lease of its death, so events keep their order
+and none is published by two replicas at once (beyond the at-least-once redelivery of a batch the
+dead one had sent but not yet marked).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +25,10 @@ import pulsar.asyncio
 import structlog
 
 from service.backoff import full_jitter
-from service.events.store import EventStore
+from service.identity import process_owner
 from service.metrics import Metrics
 from service.pulsar.connection import PulsarConnection
+from service.storage import EventLog, Leases, StorageUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +40,8 @@ IDLE_POLL_SECONDS = 0.5
 GAUGE_SECONDS = 1.0
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 30.0
+LEASE = "outbox"
+LEASE_SECONDS = 15.0
 
 
 def encode(event: dict[str, Any]) -> tuple[bytes, str, dict[str, str]]:
@@ -59,14 +68,20 @@ class OutboxPublisher:
     def __init__(
         self,
         connection: PulsarConnection,
-        store: EventStore,
+        store: EventLog,
+        leases: Leases,
         topic: str,
         metrics: Metrics,
         *,
         batch_size: int = BATCH_SIZE,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self._connection = connection
         self._store = store
+        self._leases = leases
+        self._lease_seconds = lease_seconds
+        self._owner = process_owner()
+        self._held_until = 0.0
         self._topic = topic
         self._metrics = metrics
         self._batch_size = batch_size
@@ -91,6 +106,10 @@ class OutboxPublisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._held_until:
+            # A standby replica takes over at once instead of after the lease runs out.
+            with contextlib.suppress(StorageUnavailable):
+                await self._leases.release(LEASE, self._owner)
 
     async def _run(self) -> None:
         attempt = 0
@@ -135,6 +154,9 @@ class OutboxPublisher:
         """Publish outbox rows as they come; returns only if the producer is closed under it."""
         failures = 0
         while True:
+            if not await self._hold_lease():
+                await asyncio.sleep(self._lease_seconds / 3)
+                continue
             batch = await self._store.outbox_batch(self._batch_size)
             if not batch:
                 with contextlib.suppress(TimeoutError):
@@ -169,6 +191,18 @@ class OutboxPublisher:
                 retry_in=round(delay, 3),
             )
             await asyncio.sleep(delay)
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the ``outbox`` lease; renewed when a third of it is used, so a holder
+        writes to the database every few seconds, not on every batch."""
+        now = time.time()
+        if now < self._held_until - self._lease_seconds * 2 / 3:
+            return True
+        if await self._leases.acquire(LEASE, self._owner, ttl=self._lease_seconds, now=now):
+            self._held_until = now + self._lease_seconds
+            return True
+        self._held_until = 0.0
+        return False
 
     async def _send(self, producer: Any, event: dict[str, Any]) -> None:
         body, key, properties = encode(event)

@@ -1,4 +1,4 @@
-"""The durable internal job queue: the backend protocol and its SQLite implementation."""
+"""The durable internal job queue's contract; its backends live in ``service.storage``."""
 
 from service.queue.protocol import (
     AT_CI_STATES,
@@ -13,7 +13,6 @@ from service.queue.protocol import (
     NewJob,
     Via,
 )
-from service.queue.sqlite import SQLiteJobQueue
 
 __all__ = [
     "AT_CI_STATES",
@@ -26,6 +25,5 @@ __all__ = [
     "JobRecord",
     "JobState",
     "NewJob",
-    "SQLiteJobQueue",
     "Via",
 ]

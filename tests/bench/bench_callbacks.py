@@ -47,11 +47,11 @@ import orjson
 from aiohttp import web
 
 from service.app import create_app
-from service.db import Database
 from service.emulator.documents import task_finish
 from service.ingest.normalize import normalize
 from service.ingest.parse import parse_callback
-from service.queue import SQLiteJobQueue
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.queue import SQLiteJobQueue
 from service.tokens import callback_token
 from tests.bench import wrk
 from tests.events.support import events_settings, submitted_job

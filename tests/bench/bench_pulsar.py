@@ -46,15 +46,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.appkeys import METRICS
-from service.db import Database
 from service.events.pipeline import EventPipeline
-from service.events.store import EventStore
 from service.ingest.normalize import normalize
 from service.ingest.parse import parse_callback
 from service.metrics import Metrics
 from service.pulsar.publisher import encode
-from service.queue import SQLiteJobQueue
 from service.settings import Settings
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.events import SQLiteEventLog
+from service.storage.sqlite.queue import SQLiteJobQueue
 from tests.events.support import task_finish_json, task_finish_xml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +205,7 @@ async def pipeline_alone(workdir: Path, bodies: list[bytes], concurrency: int) -
     a time: the ceiling any transport feeding it can reach."""
     db = await Database.open(str(workdir / f"alone-{uuid.uuid4().hex[:8]}.db"))
     queue = await SQLiteJobQueue.open(db)
-    store = await EventStore.open(
+    store = await SQLiteEventLog.open(
         db, outbox=False, rejected_body_max_bytes=1024, rejected_max_count=10
     )
     pipeline = EventPipeline(store, queue, Metrics(), max_depth=32)
@@ -235,7 +235,7 @@ def parse_alone(bodies: list[bytes]) -> float:
 
 async def fill_outbox(settings: Settings, count: int) -> list[dict[str, Any]]:
     db = await Database.open(settings.sqlite_path)
-    store = await EventStore.open(
+    store = await SQLiteEventLog.open(
         db, outbox=True, rejected_body_max_bytes=1024, rejected_max_count=10
     )
     received = datetime.now(UTC)
@@ -253,7 +253,7 @@ async def cirelay_publish(settings: Settings, count: int) -> float:
     """Seconds until the app's publisher emptied an outbox of ``count`` events."""
     # A second connection to the file, as another process would watch it.
     db = await Database.open(settings.sqlite_path)
-    watcher = await EventStore.open(
+    watcher = await SQLiteEventLog.open(
         db, outbox=True, rejected_body_max_bytes=1024, rejected_max_count=10
     )
     assert await watcher.outbox_pending() == count

@@ -167,12 +167,12 @@ def bench_intake(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 async def _submission(args: argparse.Namespace, workdir: Path, emulator_url: str) -> dict[str, Any]:
     from service.ci.client import CIClient
     from service.ci.signing import Credentials
-    from service.db import Database
     from service.intake import Target, enqueue
     from service.metrics import Metrics
-    from service.queue import SQLiteJobQueue
     from service.ratelimit import RateLimiter
     from service.request import parse_request
+    from service.storage.sqlite.database import Database
+    from service.storage.sqlite.queue import SQLiteJobQueue
     from service.submitter import Submitter
     from tests.queue.samples import BUCKET, REGION, request_json
 
@@ -283,8 +283,8 @@ async def _timed(count: int, step: Callable[[int], Any]) -> float:
 
 
 async def _claim_cost(size: int, claims: int, workdir: Path) -> dict[str, float]:
-    from service.db import Database
-    from service.queue import SQLiteJobQueue
+    from service.storage.sqlite.database import Database
+    from service.storage.sqlite.queue import SQLiteJobQueue
 
     # The database thread must be closed on every path, or the process never exits.
     db = await Database.open(str(workdir / f"claims-{size}.db"))

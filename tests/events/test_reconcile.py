@@ -19,7 +19,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
 from service.app import create_app
-from service.appkeys import CI_CLIENT, EVENT_PIPELINE, EVENT_STORE, METRICS, QUEUE, SETTINGS
+from service.appkeys import (
+    CI_CLIENT,
+    EVENT_PIPELINE,
+    EVENT_STORE,
+    METRICS,
+    QUEUE,
+    SETTINGS,
+    STORAGE,
+)
 from service.ci.client import CIClient
 from service.ci.signing import Credentials
 from service.emulator.app import create_emulator_app
@@ -156,6 +164,7 @@ async def make_rig(
             app[QUEUE],
             app[CI_CLIENT],
             app[EVENT_STORE],
+            app[STORAGE].leases,
             app[EVENT_PIPELINE],
             app[METRICS],
             interval=1.0,
@@ -347,6 +356,7 @@ async def test_unknown_batches_and_unreachable_ci_leave_jobs_alone(
             app[QUEUE],
             offline,
             app[EVENT_STORE],
+            app[STORAGE].leases,
             app[EVENT_PIPELINE],
             app[METRICS],
             interval=1.0,

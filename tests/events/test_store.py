@@ -1,4 +1,4 @@
-"""EventStore against a real SQLite file: dedup, group commit, feed, links, outbox, rejections."""
+"""The SQLite event log on a real file: dedup, group commit, feed, links, outbox, rejections."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from service.db import Database
-from service.events.store import EventStore, StoreClosed
+from service.storage import StoreClosed
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.events import SQLiteEventLog
 
 
 def event(event_id: str, **fields: Any) -> dict[str, Any]:
@@ -43,8 +44,8 @@ async def db(db_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def store(db: Database) -> AsyncIterator[EventStore]:
-    s = await EventStore.open(db, outbox=True, rejected_body_max_bytes=16, rejected_max_count=3)
+async def store(db: Database) -> AsyncIterator[SQLiteEventLog]:
+    s = await SQLiteEventLog.open(db, outbox=True, rejected_body_max_bytes=16, rejected_max_count=3)
     yield s
     await s.close()
 
@@ -55,7 +56,7 @@ def committed_event_ids(path: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT event_id FROM events")}
 
 
-async def test_new_then_duplicate(store: EventStore) -> None:
+async def test_new_then_duplicate(store: SQLiteEventLog) -> None:
     assert await store.store([event("a"), event("b")]) == [True, True]
     assert await store.store([event("b", source="poll"), event("c")]) == [False, True]
     page = await store.feed()
@@ -64,11 +65,11 @@ async def test_new_then_duplicate(store: EventStore) -> None:
     assert [seq for seq, _ in page] == sorted(seq for seq, _ in page)
 
 
-async def test_same_event_twice_in_one_call(store: EventStore) -> None:
+async def test_same_event_twice_in_one_call(store: SQLiteEventLog) -> None:
     assert await store.store([event("a"), event("a")]) == [True, False]
 
 
-async def test_each_caller_returns_only_after_commit(store: EventStore, db_path: Path) -> None:
+async def test_each_caller_returns_only_after_commit(store: SQLiteEventLog, db_path: Path) -> None:
     async def one(i: int) -> bool:
         [is_new] = await store.store([event(f"e{i}")])
         # Read through a separate connection: it sees committed data only.
@@ -80,7 +81,7 @@ async def test_each_caller_returns_only_after_commit(store: EventStore, db_path:
     assert committed_event_ids(db_path) == {f"e{i}" for i in range(200)}
 
 
-async def test_concurrent_stores_share_transactions(store: EventStore, db: Database) -> None:
+async def test_concurrent_stores_share_transactions(store: SQLiteEventLog, db: Database) -> None:
     inserts: list[str] = []
 
     def trace(sql: str) -> None:
@@ -95,7 +96,7 @@ async def test_concurrent_stores_share_transactions(store: EventStore, db: Datab
     assert 1 <= len(inserts) < 100
 
 
-async def test_documents_are_kept_exactly(store: EventStore) -> None:
+async def test_documents_are_kept_exactly(store: SQLiteEventLog) -> None:
     document = {"n": 2**70, "f": 0.1, "s": "é\u2028", "empty": None, "list": [1, "2"]}
     await store.store([event("exact", document=document)])
     [(_, stored)] = await store.feed()
@@ -103,13 +104,13 @@ async def test_documents_are_kept_exactly(store: EventStore) -> None:
     assert type(stored["document"]["n"]) is int
 
 
-async def test_concurrent_duplicates_exactly_one_new(store: EventStore) -> None:
+async def test_concurrent_duplicates_exactly_one_new(store: SQLiteEventLog) -> None:
     results = await asyncio.gather(*(store.store([event("same")]) for _ in range(20)))
     assert sorted(r[0] for r in results) == [False] * 19 + [True]
     assert len(await store.feed()) == 1
 
 
-async def test_a_failing_write_does_not_fail_its_batch(store: EventStore) -> None:
+async def test_a_failing_write_does_not_fail_its_batch(store: SQLiteEventLog) -> None:
     good = [store.store([event(f"g{i}")]) for i in range(10)]
     bad = store.store([event("bad", event_type=None)])  # NOT NULL violation inside SQLite
     results = await asyncio.gather(*good, bad, return_exceptions=True)
@@ -119,7 +120,9 @@ async def test_a_failing_write_does_not_fail_its_batch(store: EventStore) -> Non
 
 
 async def test_close_commits_pending_and_refuses_more(db: Database, db_path: Path) -> None:
-    s = await EventStore.open(db, outbox=False, rejected_body_max_bytes=16, rejected_max_count=3)
+    s = await SQLiteEventLog.open(
+        db, outbox=False, rejected_body_max_bytes=16, rejected_max_count=3
+    )
     pending = [asyncio.create_task(s.store([event(f"p{i}")])) for i in range(5)]
     await asyncio.sleep(0)  # let the tasks hand over their rows
     await s.close()
@@ -129,7 +132,7 @@ async def test_close_commits_pending_and_refuses_more(db: Database, db_path: Pat
         await s.store([event("late")])
 
 
-async def test_feed_paging_and_filters(store: EventStore) -> None:
+async def test_feed_paging_and_filters(store: SQLiteEventLog) -> None:
     await store.store(
         [
             event("a", cirelay_job_id="job1", job_id="m1"),
@@ -151,7 +154,7 @@ async def test_feed_paging_and_filters(store: EventStore) -> None:
     assert await store.feed(job_id="job1", event_type="WorkflowFinish") == []
 
 
-async def test_link_job_fills_missing_links_only(store: EventStore) -> None:
+async def test_link_job_fills_missing_links_only(store: SQLiteEventLog) -> None:
     await store.store(
         [
             event("own", cirelay_job_id="job1", job_id="m1"),  # token known, batch not yet
@@ -169,13 +172,13 @@ async def test_link_job_fills_missing_links_only(store: EventStore) -> None:
     assert not await store.has_events("nobody")
 
 
-async def test_job_ids_with(store: EventStore) -> None:
+async def test_job_ids_with(store: SQLiteEventLog) -> None:
     await store.store([event("a", job_id="m1"), event("b", job_id="m2", event_type="Other")])
     assert await store.job_ids_with("TaskFinish", ["m1", "m2", "m3"]) == {"m1"}
     assert await store.job_ids_with("TaskFinish", []) == set()
 
 
-async def test_outbox_rows_for_new_events_only(store: EventStore) -> None:
+async def test_outbox_rows_for_new_events_only(store: SQLiteEventLog) -> None:
     await store.store([event("a"), event("b")])
     await store.store([event("a")])
     assert await store.outbox_pending() == 2
@@ -187,7 +190,9 @@ async def test_outbox_rows_for_new_events_only(store: EventStore) -> None:
 
 
 async def test_no_outbox_rows_without_a_publisher(db: Database) -> None:
-    s = await EventStore.open(db, outbox=False, rejected_body_max_bytes=16, rejected_max_count=3)
+    s = await SQLiteEventLog.open(
+        db, outbox=False, rejected_body_max_bytes=16, rejected_max_count=3
+    )
     try:
         assert await s.store([event("a")]) == [True]
         assert await s.outbox_pending() == 0
@@ -195,7 +200,7 @@ async def test_no_outbox_rows_without_a_publisher(db: Database) -> None:
         await s.close()
 
 
-async def test_rejected_bodies_are_kept_bounded(store: EventStore) -> None:
+async def test_rejected_bodies_are_kept_bounded(store: SQLiteEventLog) -> None:
     for i in range(5):
         await store.reject(
             received_at="2024-01-01T00:00:00Z",
@@ -212,9 +217,11 @@ async def test_rejected_bodies_are_kept_bounded(store: EventStore) -> None:
     assert (kept[0].reason, kept[0].source) == ("malformed_xml", "http")
 
 
-async def test_migration_is_idempotent(db: Database, store: EventStore) -> None:
+async def test_migration_is_idempotent(db: Database, store: SQLiteEventLog) -> None:
     await store.store([event("a")])
-    again = await EventStore.open(db, outbox=True, rejected_body_max_bytes=16, rejected_max_count=3)
+    again = await SQLiteEventLog.open(
+        db, outbox=True, rejected_body_max_bytes=16, rejected_max_count=3
+    )
     try:
         assert [e["event_id"] for _, e in await again.feed()] == ["a"]
     finally:

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from service.appkeys import EVENT_STORE, METRICS
-from service.db import Database
-from service.events.store import EventStore
 from service.ingest.normalize import normalize
 from service.ingest.parse import parse_callback
 from service.pulsar.publisher import encode, published_prefix
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.events import SQLiteEventLog
 from tests.events.support import STATIC_TOKEN, task_finish_json, task_finish_xml
 from tests.pulsar.support import (
     Broker,
@@ -90,7 +90,7 @@ async def test_events_stored_before_a_crash_are_published_after_the_restart(
     output = topic("cirelay-out-crash")
     settings = pulsar_settings(tmp_path, pulsar_broker, CIRELAY_PULSAR_OUTPUT_TOPIC=output)
     db = await Database.open(settings.sqlite_path)
-    store = await EventStore.open(
+    store = await SQLiteEventLog.open(
         db, outbox=True, rejected_body_max_bytes=1024, rejected_max_count=10
     )
     received = datetime.now(UTC)

@@ -9,8 +9,8 @@ import asyncio
 import sys
 import time
 
-from service.db import Database
-from service.queue import SQLiteJobQueue
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.queue import SQLiteJobQueue
 
 
 async def main(path: str, owner: str) -> None:

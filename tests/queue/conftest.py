@@ -11,12 +11,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from service.db import Database
 from service.emulator.app import create_emulator_app
 from service.metrics import Metrics
-from service.queue import NewJob, SQLiteJobQueue
+from service.queue import NewJob
 from service.ratelimit import RateLimiter
 from service.settings import Settings
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.queue import SQLiteJobQueue
 from tests.queue.rig import Rig, ci_client, emulator_settings, service_settings
 
 _counter = itertools.count()

@@ -16,10 +16,11 @@ from service.ci.errors import CIRetryableError
 from service.ci.signing import Credentials
 from service.intake import Target, enqueue
 from service.metrics import Metrics
-from service.queue import JobRecord, SQLiteJobQueue
+from service.queue import JobRecord
 from service.ratelimit import RateLimiter
 from service.request import parse_request
 from service.settings import Settings
+from service.storage.sqlite.queue import SQLiteJobQueue
 from service.submitter import Submitter
 from tests.queue.samples import BUCKET, REGION, request_json
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from service.metrics import Metrics
-from service.queue import JOB_STATES, SQLiteJobQueue
+from service.queue import JOB_STATES
 from service.queue.gauges import refresh_queue_gauges
+from service.storage.sqlite.queue import SQLiteJobQueue
 from tests.queue.conftest import make_job
 
 T0 = 1_700_000_000.0

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.db import Database
-from service.queue import IdempotencyConflict, JobError, SQLiteJobQueue
+from service.queue import IdempotencyConflict, JobError
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.queue import SQLiteJobQueue
 from tests.queue.conftest import make_job
 
 T0 = 1_700_000_000.0

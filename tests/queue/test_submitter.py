@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from service.intake import enqueue, submission_name
-from service.queue import JobError, SQLiteJobQueue
+from service.queue import JobError
 from service.ratelimit import RateLimiter
 from service.request import request_from_tree
+from service.storage.sqlite.queue import SQLiteJobQueue
 from service.submitter import submission_xml
 from service.tokens import job_id_from_token
 from service.xmlsafe import parse_xml

@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from service.db import Database
+from service.storage.sqlite.database import Database
 
 # More WAL pages than SQLite's automatic checkpoint threshold (1,000 pages of 4 KiB).
 ROWS = 1_200

@@ -1,4 +1,4 @@
-"""The service database: one SQLite file in WAL mode, versioned migrations per component.
+"""The SQLite backend's database: one file in WAL mode, versioned migrations per component.
 
 One connection per process, serialised by a lock: SQLite has a single writer anyway, and sharing
 one connection between tasks without a lock would let one task's statements land inside another
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import aiosqlite
 import structlog
+
+from service.storage.errors import StorageUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -92,12 +94,13 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error), exclusive within this process."""
-        async with self._lock:
+        async with self._lock, _unavailable_on_error():
             await self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await self.conn.execute("ROLLBACK")
                 raise
             await self.conn.execute("COMMIT")
 
@@ -105,7 +108,7 @@ class Database:
     async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
         """The connection outside any transaction, never interleaved with another task's: for
         reads, and for single statements that autocommit (one statement, one transaction)."""
-        async with self._lock:
+        async with self._lock, _unavailable_on_error():
             yield self.conn
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> None:
@@ -145,6 +148,21 @@ async def _checkpoint_forever(conn: aiosqlite.Connection, seconds: float) -> Non
             await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # e.g. the disk is full: the next round tries again
             log.warning("sqlite_checkpoint_failed", error=str(exc))
+
+
+@asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    """The database failing (locked past the busy timeout, disk full or failing, connection
+    closed) is ``StorageUnavailable`` to the rest of the service; a constraint or SQL error is a
+    bug and propagates as it is."""
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.InternalError) as exc:
+        raise StorageUnavailable(f"sqlite: {exc}") from exc
+    except ValueError as exc:  # aiosqlite: "no active connection" once closed
+        if "connection" not in str(exc):
+            raise
+        raise StorageUnavailable(f"sqlite: {exc}") from exc
 
 
 def marks(values: Sized) -> str:

@@ -1,22 +1,17 @@
 """The job queue on the service's SQLite database (WAL), shared safely by several processes.
 
-The SQL is kept portable: a PostgreSQL backend runs the same statements, adding ``FOR UPDATE SKIP
-LOCKED`` to the claim's sub-select. Here ``BEGIN IMMEDIATE`` (``Database.transaction``) takes the
-write lock before the sub-select runs, so two processes can never claim the same row.
+``BEGIN IMMEDIATE`` (``Database.transaction``) takes the write lock before the claim's sub-select
+runs, so two processes can never claim the same row.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from service.db import Database, Migration, marks
 from service.queue.protocol import (
     JOB_STATES,
     FinishState,
@@ -27,6 +22,9 @@ from service.queue.protocol import (
     NewJob,
     Via,
 )
+from service.queue.signal import Signal
+from service.storage.groupcommit import GroupCommit
+from service.storage.sqlite.database import Database, Migration, marks
 
 COMPONENT = "queue"
 
@@ -85,86 +83,41 @@ _ROW_MARKS = "(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Jobs written per enqueue transaction, at most.
 _MAX_BATCH = 256
 
-_Outcome = tuple[JobRecord, bool] | IdempotencyConflict
+_Outcome = tuple[JobRecord, bool] | Exception  # an IdempotencyConflict, raised in its caller
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Enqueue:
     job: NewJob
     now: float
-    future: asyncio.Future[_Outcome]
-
-
-class _Signal:
-    """Wake every current waiter; later waiters wait for the next notification."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, max_wait: float) -> None:
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(max_wait, 0.0))
 
 
 class SQLiteJobQueue:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._changed = _Signal()
-        self._pending: collections.deque[_Enqueue] = collections.deque()
-        self._writer: asyncio.Task[None] | None = None
+        self._changed = Signal()
+        # Concurrent enqueues share one transaction: one commit per request would cap intake
+        # at the commit rate.
+        self._intake = GroupCommit(self._insert, name="queue-enqueue", max_rows=_MAX_BATCH)
 
     @classmethod
     async def open(cls, db: Database) -> SQLiteJobQueue:
         await db.migrate(COMPONENT, MIGRATIONS)
         return cls(db)
 
+    async def close(self) -> None:
+        await self._intake.close()
+
     # --- intake and reads -------------------------------------------------------------------
     async def enqueue(self, job: NewJob, *, now: float) -> tuple[JobRecord, bool]:
-        # Group commit: concurrent enqueues share one transaction, each caller answered only
-        # once it has committed. One commit per request would cap intake at the commit rate.
-        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Enqueue(job, now, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="queue-enqueue")
-        outcome = await future
-        if isinstance(outcome, IdempotencyConflict):
-            raise outcome
-        return outcome
-
-    async def _drain(self) -> None:
-        while self._pending:
-            count = min(len(self._pending), _MAX_BATCH)
-            await self._write([self._pending.popleft() for _ in range(count)])
-
-    async def _write(self, batch: list[_Enqueue]) -> None:
-        try:
-            outcomes = await self._insert(batch)
-        except asyncio.CancelledError:
-            for item in batch:
-                if not item.future.done():
-                    item.future.cancel()
-            raise
-        except Exception as exc:
-            if len(batch) > 1:
-                # One bad job must not fail its neighbours: retry each in its own transaction.
-                for item in batch:
-                    await self._write([item])
-                return
-            if not batch[0].future.done():
-                batch[0].future.set_exception(exc)
-            return
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if not item.future.done():
-                item.future.set_result(outcome)
-        if any(isinstance(o, tuple) and o[1] for o in outcomes):
+        # An IdempotencyConflict comes back as this caller's result and is raised here.
+        record, created = await self._intake.submit(_Enqueue(job, now))
+        if created:
             self._changed.notify()
+        return record, created
 
     async def _insert(self, batch: list[_Enqueue]) -> list[_Outcome]:
+        """One transaction for a batch of enqueues: each job's outcome, a conflict as a value."""
         keys = sorted({k for k in (item.job.idempotency_key for item in batch) if k is not None})
         async with self._db.transaction() as conn:
             known: dict[str, JobRecord] = {}

@@ -1,23 +1,15 @@
-"""Canonical events stored once, by ``event_id``, with group commit; the feed; the outbox.
-
-Group commit: every ``store()``/``reject()`` call hands its rows to one writer task and awaits a
-future. The writer takes everything that queued up while the previous transaction ran and writes
-it in one transaction, so under load one COMMIT (one WAL sync) serves many callbacks, and at low
-load a lone callback is written at once, with no added wait. A future resolves only after COMMIT:
-callers answer CI (or ack Pulsar) only once their event is durable.
+"""The event log on SQLite: events stored once by ``event_id`` (group commit), the feed, the outbox.
 
 Sequence numbers (``seq``) are assigned inside the single writer transaction of the database, so a
 reader never sees seq N+1 committed while N is still in flight: the feed's cursor is stable.
 
 The outbox is a flag on the event row (``unpublished = 1``, found through a partial index), set by
 the statement that inserts the event: an event is never stored without its outbox entry, and no
-second table is written on the hot path. It is set only when a publisher drains it.
+second table is written on the hot path. It is cleared once the broker acknowledged the event.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,11 +18,10 @@ from typing import Any
 
 import aiosqlite
 import orjson
-import structlog
 
-from service.db import Database, Migration, marks
-
-log = structlog.get_logger(__name__)
+from service.storage.groupcommit import GroupCommit
+from service.storage.protocol import FEED_START, FeedPosition, RejectedCallback
+from service.storage.sqlite.database import Database, Migration, marks
 
 MIGRATIONS = (
     Migration(
@@ -81,38 +72,20 @@ _IN_CHUNK = 500
 _MAX_BATCH_ROWS = 64
 
 
-class StoreClosed(RuntimeError):
-    """The store is shutting down and takes no more writes."""
-
-
-@dataclass(frozen=True)
-class RejectedCallback:
-    id: int
-    received_at: str
-    source: str
-    reason: str
-    message: str
-    content_type: str
-    body_bytes: int  # size of the body as received; ``body`` may be a truncated prefix
-    body: bytes
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _EventWrite:
     rows: list[tuple[Any, ...]]
-    future: asyncio.Future[list[bool]]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _RejectWrite:
     row: tuple[Any, ...]
-    future: asyncio.Future[list[bool]]
 
 
 _Write = _EventWrite | _RejectWrite
 
 
-class EventStore:
+class SQLiteEventLog:
     def __init__(
         self,
         db: Database,
@@ -125,10 +98,9 @@ class EventStore:
         self._outbox = outbox
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
-        self._pending: collections.deque[_Write] = collections.deque()
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._writer: asyncio.Task[None] | None = None
+        self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
+            self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
+        )
 
     @classmethod
     async def open(
@@ -138,39 +110,27 @@ class EventStore:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
-    ) -> EventStore:
-        """Migrate the schema and start the writer. ``outbox``: keep outbox rows for a publisher."""
+    ) -> SQLiteEventLog:
+        """Migrate the schema. ``outbox``: keep outbox rows for a publisher."""
         await db.migrate("events", MIGRATIONS)
-        store = cls(
+        return cls(
             db,
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
         )
-        store._writer = asyncio.create_task(store._run(), name="event-store-writer")
-        return store
 
     async def close(self) -> None:
         """Refuse new writes, commit everything already handed over, stop the writer."""
-        self._closing = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        await self._writes.close()
 
     # --- writes (group commit) --------------------------------------------------------------
 
     async def store(self, events: Sequence[Mapping[str, Any]]) -> list[bool]:
-        """Store events; one flag per event: True = new, False = a duplicate of a stored one.
-
-        Returns only after the transaction holding them committed.
-        """
         if not events:
             return []
         unpublished = 1 if self._outbox else None
-        rows = [_event_row(e, unpublished) for e in events]
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._submit(_EventWrite(rows, future))
-        return await future
+        return await self._writes.submit(_EventWrite([_event_row(e, unpublished) for e in events]))
 
     async def reject(
         self,
@@ -182,7 +142,6 @@ class EventStore:
         content_type: str,
         body: bytes,
     ) -> None:
-        """Keep a refused callback (body cut to the configured size) for replay after a fix."""
         row = (
             received_at,
             source,
@@ -192,72 +151,10 @@ class EventStore:
             len(body),
             body[: self._rejected_body_max_bytes],
         )
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._submit(_RejectWrite(row, future))
-        await future
+        await self._writes.submit(_RejectWrite(row))
 
-    def _submit(self, write: _Write) -> None:
-        if self._closing:
-            raise StoreClosed("event store is closed")
-        self._pending.append(write)
-        self._wake.set()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._pending:
-                    # One turn of the event loop first: callbacks already read and being parsed
-                    # join this batch instead of each paying for a transaction of their own.
-                    await asyncio.sleep(0)
-                    await self._write(self._take_batch())
-                if self._closing:
-                    return
-        finally:
-            # Only reached with writes pending if the writer itself was cancelled.
-            while self._pending:
-                _resolve(self._pending.popleft(), StoreClosed("event store writer stopped"))
-
-    def _take_batch(self) -> list[_Write]:
-        batch: list[_Write] = []
-        rows = 0
-        while self._pending and (not batch or rows < _MAX_BATCH_ROWS):
-            write = self._pending.popleft()
-            batch.append(write)
-            rows += len(write.rows) if isinstance(write, _EventWrite) else 1
-        return batch
-
-    async def _write(self, batch: list[_Write]) -> None:
-        try:
-            new_ids = await self._commit(batch)
-        except asyncio.CancelledError:
-            for write in batch:
-                _resolve(write, StoreClosed("event store writer stopped"))
-            raise
-        except Exception as exc:
-            if len(batch) > 1:
-                # One bad write must not fail its neighbours: retry each in its own transaction.
-                for write in batch:
-                    await self._write([write])
-                return
-            log.warning("event_store_write_failed", error=f"{type(exc).__name__}: {exc}")
-            _resolve(batch[0], exc)
-            return
-        for write in batch:
-            if isinstance(write, _EventWrite):
-                flags = []
-                for row in write.rows:
-                    # The same event twice in one batch: the first caller gets it, others dup.
-                    is_new = row[0] in new_ids
-                    new_ids.discard(row[0])
-                    flags.append(is_new)
-                _resolve(write, flags)
-            else:
-                _resolve(write, [])
-
-    async def _commit(self, batch: list[_Write]) -> set[str]:
-        """Write a batch; the ids of the events that were new (not already stored)."""
+    async def _commit(self, batch: list[_Write]) -> list[list[bool] | Exception]:
+        """Write a batch; per write, one flag per event: new, or a duplicate of a stored one."""
         event_rows = [row for w in batch if isinstance(w, _EventWrite) for row in w.rows]
         reject_rows = [w.row for w in batch if isinstance(w, _RejectWrite)]
         new_ids: set[str] = set()
@@ -280,7 +177,16 @@ class EventStore:
                     " WHERE id <= (SELECT MAX(id) FROM rejected_callbacks) - ?",
                     (self._rejected_max_count,),
                 )
-        return new_ids
+        results: list[list[bool] | Exception] = []
+        for write in batch:
+            flags = []
+            if isinstance(write, _EventWrite):
+                for row in write.rows:
+                    # The same event twice in one batch: the first caller gets it, others dup.
+                    flags.append(row[0] in new_ids)
+                    new_ids.discard(row[0])
+            results.append(flags)
+        return results
 
     # --- linking (the reconciler) -----------------------------------------------------------
 
@@ -313,15 +219,15 @@ class EventStore:
     async def feed(
         self,
         *,
-        after: int = 0,
+        after: FeedPosition = FEED_START,
         limit: int = 100,
         job_id: str | None = None,
         event_type: str | None = None,
-    ) -> list[tuple[int, dict[str, Any]]]:
-        """(seq, event) in insertion order after ``after``; ``job_id`` matches our job id or
-        CI's JobId (the media job's; the batch's for BatchFinish)."""
+    ) -> list[tuple[FeedPosition, dict[str, Any]]]:
+        # One writer at a time (the database's lock) assigns seq inside its transaction, so a
+        # reader never sees seq N+1 committed while N is still in flight: seq alone is gap-free.
         where = ["seq > ?"]
-        params: list[Any] = [after]
+        params: list[Any] = [after[1]]
         if job_id is not None:
             where.append("(cirelay_job_id = ? OR job_id = ?)")
             params += [job_id, job_id]
@@ -334,7 +240,7 @@ class EventStore:
         )
         async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(sql, (*params, limit))
-        return [(row["seq"], _event(row)) for row in rows]
+        return [((0, row["seq"]), _event(row)) for row in rows]
 
     async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
         """Every event of one of our jobs, oldest first."""
@@ -441,13 +347,8 @@ def _event(row: aiosqlite.Row) -> dict[str, Any]:
     return event
 
 
-def _resolve(write: _Write, outcome: list[bool] | BaseException) -> None:
-    if write.future.done():  # the caller went away; its rows may still have been committed
-        return
-    if isinstance(outcome, BaseException):
-        write.future.set_exception(outcome)
-    else:
-        write.future.set_result(outcome)
+def _rows(write: _Write) -> int:
+    return len(write.rows) if isinstance(write, _EventWrite) else 1
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:

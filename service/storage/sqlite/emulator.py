@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from service.db import Database, Migration
 from service.emulator.records import Batch, MediaJob
+from service.storage.sqlite.database import Database, Migration
 
 MIGRATIONS = (
     Migration(
