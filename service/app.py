@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from service.api import callbacks, docs, events, health, jobs, metrics
+from service.api import callbacks, deliveries, docs, events, health, jobs, metrics
 from service.api.middleware import request_context
 from service.appkeys import (
     CI_CLIENT,
@@ -39,6 +39,7 @@ from service.reconcile import Reconciler
 from service.settings import Settings
 from service.storage import open_storage
 from service.submitter import Submitter, preinitialise_outcomes
+from service.webhooks.context import webhooks_ctx
 
 log = structlog.get_logger(__name__)
 
@@ -182,6 +183,7 @@ def create_app(settings: Settings) -> web.Application:
             http_ctx,
             queue_gauges_ctx,
             events_ctx,
+            webhooks_ctx,
             ci_client_ctx,
             submitter_ctx,
             reconcile_ctx,
@@ -195,4 +197,5 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(jobs.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(events.routes)
+    app.add_routes(deliveries.routes)
     return app

@@ -15,6 +15,7 @@ from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.storage import EventLog, Storage
 from service.submitter import Submitter
+from service.webhooks.ssrf import AddressPolicy
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -27,3 +28,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SUBMITTER = web.AppKey("submitter", Submitter)
 EVENT_STORE = web.AppKey[EventLog]("event_store")
 EVENT_PIPELINE = web.AppKey("event_pipeline", EventPipeline)
+WEBHOOK_POLICY = web.AppKey("webhook_policy", AddressPolicy)

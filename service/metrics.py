@@ -109,6 +109,31 @@ class Metrics:
         self.outbox_pending = Gauge(
             "cirelay_outbox_pending", "Events stored but not yet published.", registry=r
         )
+        self.webhook_deliveries = Counter(
+            "cirelay_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: delivered, retried (failed, another attempt is"
+            " scheduled), dead (failed for good: a refused destination, a 4xx, or the schedule"
+            " ran out).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_duration = Histogram(
+            "cirelay_webhook_attempt_duration_seconds",
+            "Duration of one webhook delivery attempt, connect to answer.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "cirelay_webhook_pending", "Webhook deliveries waiting to be delivered.", registry=r
+        )
+        self.webhook_dead = Gauge(
+            "cirelay_webhook_dead", "Webhook deliveries given up on (kept for retry).", registry=r
+        )
+        self.webhook_oldest_pending_age = Gauge(
+            "cirelay_webhook_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery (0 when none).",
+            registry=r,
+        )
         self.http_requests = Counter(
             "cirelay_http_requests_total",
             "HTTP requests served by route and status.",

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.tokens import derive_key
+from service.webhooks.signing import parse_secrets
+from service.webhooks.ssrf import Network, parse_networks
 
 PREFIX = "CIRELAY_"
 
@@ -113,6 +115,40 @@ class Settings:
     rejected_body_max_bytes: int = _setting(65_536, "Bytes of a refused callback body kept.")
     rejected_max_count: int = _setting(
         10_000, "Refused callbacks kept for replay; the oldest are dropped beyond this."
+    )
+
+    # Webhooks
+    webhook_urls: str = _setting(
+        "", "Subscriptions: comma-separated URLs that receive every canonical event as JSON."
+    )
+    webhook_secret: str = _setting(
+        "",
+        "Standard Webhooks signing secret(s), `whsec_<base64>`; several (space-separated) during"
+        " a rotation, each delivery then carries one signature per secret.",
+        secret=True,
+    )
+    webhook_retry_schedule: str = _setting(
+        "5,300,1800,7200,18000,36000,36000",
+        "Seconds between delivery attempts (comma-separated, each ±20% jitter); past the last,"
+        " the delivery is `dead`.",
+    )
+    webhook_allowed_networks: str = _setting(
+        "",
+        "CIDRs deliveries may reach although loopback/link-local/unspecified/multicast"
+        " (e.g. `127.0.0.0/8` for tests).",
+    )
+    webhook_enabled: bool = _setting(True, "Fan out and send webhook deliveries in this process.")
+    webhook_concurrency: int = _setting(64, "Delivery attempts in flight at once per process.")
+    webhook_destination_concurrency: int = _setting(
+        4, "Delivery attempts in flight at once per destination (scheme://host:port)."
+    )
+    webhook_connect_timeout_seconds: float = _setting(5.0, "Connect timeout of an attempt.")
+    webhook_timeout_seconds: float = _setting(15.0, "Whole-attempt timeout (connect to answer).")
+    webhook_breaker_failures: int = _setting(
+        5, "Failures in a row after which a destination's circuit opens."
+    )
+    webhook_breaker_seconds: float = _setting(
+        30.0, "How long an open circuit holds a destination's deliveries before one trial."
     )
 
     # Pulsar / TDMQ
@@ -216,10 +252,49 @@ class Settings:
             for name in names:
                 if not allowed(getattr(self, name)):
                     raise SettingsError(env_name(name), problem)
+        self._check_webhooks()
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
             raise SettingsError(
                 env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://"
             )
+
+    def _check_webhooks(self) -> None:
+        for name, parse in (
+            ("webhook_secret", lambda: self.webhook_keys),
+            ("webhook_retry_schedule", lambda: self.webhook_schedule),
+            ("webhook_allowed_networks", lambda: self.webhook_networks),
+        ):
+            try:
+                parse()
+            except ValueError as exc:
+                raise SettingsError(env_name(name), str(exc)) from None
+        for url in self.webhook_subscriptions:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(env_name("webhook_urls"), f"{url!r} is not an http(s) URL")
+        if self.webhook_subscriptions and not self.webhook_keys:
+            raise SettingsError(env_name("webhook_secret"), "is required with CIRELAY_WEBHOOK_URLS")
+
+    @property
+    def webhook_subscriptions(self) -> tuple[str, ...]:
+        return tuple(u for u in (p.strip() for p in self.webhook_urls.split(",")) if u)
+
+    @functools.cached_property
+    def webhook_keys(self) -> tuple[bytes, ...]:
+        return parse_secrets(self.webhook_secret)
+
+    @functools.cached_property
+    def webhook_schedule(self) -> tuple[float, ...]:
+        try:
+            delays = tuple(float(p) for p in self.webhook_retry_schedule.split(",") if p.strip())
+        except ValueError:
+            raise ValueError("must be comma-separated numbers of seconds") from None
+        if any(not 0 <= delay < float("inf") for delay in delays):
+            raise ValueError("delays must be 0 or more seconds")
+        return delays
+
+    @functools.cached_property
+    def webhook_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.webhook_allowed_networks)
 
     def check_serve(self) -> None:
         """What `cirelay serve` needs to talk to the real CI (not checked in sandbox mode)."""
@@ -252,6 +327,9 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_workers",
             "pulsar_consumer_concurrency",
             "pulsar_receiver_queue_size",
+            "webhook_concurrency",
+            "webhook_destination_concurrency",
+            "webhook_breaker_failures",
         ),
         lambda value: value >= 1,
         "must be at least 1",
@@ -265,6 +343,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "reconcile_seconds",
             "rejected_max_count",
             "pulsar_redelivery_delay_seconds",
+            "webhook_connect_timeout_seconds",
+            "webhook_timeout_seconds",
         ),
         lambda value: value > 0,
         "must be greater than 0",
@@ -280,6 +360,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_latency_ms",
             "emulator_objects_per_prefix",
             "pulsar_max_redeliveries",
+            "webhook_breaker_seconds",
         ),
         lambda value: value >= 0,
         "must be 0 or more",

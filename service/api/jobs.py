@@ -8,7 +8,16 @@ from aiohttp import web
 
 from service.api.errors import ApiError
 from service.api.params import decode_cursor, encode_cursor, parse_limit
-from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
+from service.appkeys import (
+    CI_CLIENT,
+    EVENT_STORE,
+    METRICS,
+    QUEUE,
+    RATE_LIMITER,
+    SETTINGS,
+    STORAGE,
+    WEBHOOK_POLICY,
+)
 from service.ci.errors import CIError
 from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
 from service.intake import (
@@ -23,6 +32,7 @@ from service.intake import (
 from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
 from service.timefmt import epoch_text
+from service.webhooks.intake import check_callback
 from service.xmlsafe import DocumentError
 
 routes = web.RouteTableDef()
@@ -49,6 +59,7 @@ async def create_job(request: web.Request) -> web.Response:
     body = await request.read()  # over max_body_bytes: 413 from aiohttp, rendered by middleware
     try:
         batch = parse_request(body, content_type, max_depth=settings.max_xml_depth)
+        await check_callback(batch, request.app[WEBHOOK_POLICY])
     except DocumentError as exc:
         raise ApiError(400, "invalid_document", exc.message, [{"reason": exc.reason}]) from None
     except RequestInvalid as exc:
@@ -105,6 +116,7 @@ async def get_job(request: web.Request) -> web.Response:
         raise _not_found(request.match_info["id"])
     view = job_view(job)
     view["events"] = await request.app[EVENT_STORE].for_job(job.id)
+    view["deliveries"] = await request.app[STORAGE].deliveries.job_counts(job.id)
     return web.json_response(view)
 
 

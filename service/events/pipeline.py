@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -36,6 +36,14 @@ class IngestResult(NamedTuple):  # a tuple: cheap to build once per callback
     event_ids: tuple[str, ...]
     new_events: int
     duplicates: int
+
+
+class BodyKeeper(Protocol):
+    """Keeps a callback's body as CI sent it for the job's own CallBack (service.webhooks)."""
+
+    async def keep(
+        self, job_id: str, event_id: str, content_type: str, body: bytes, *, now: float
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -69,6 +77,9 @@ class EventPipeline:
         }
         for source in SOURCES:
             metrics.events_duplicate.labels(source)
+        # Webhooks: a keeper of callback bodies, and who to tell that new events were stored.
+        self.bodies: BodyKeeper | None = None
+        self.on_new: list[Callable[[], None]] = []
 
     async def ingest(
         self,
@@ -95,6 +106,11 @@ class EventPipeline:
             for event in events:
                 event["cirelay_job_id"] = cirelay_job_id
                 event["batch_id"] = link.batch_id if link is not None else None
+            if self.bodies is not None and events:
+                # Before the events: a stored event never lacks the body its CallBack is owed.
+                await self.bodies.keep(
+                    cirelay_job_id, events[0]["event_id"], content_type, body, now=self._clock()
+                )
         return await self.store(events, link=link)
 
     async def store(
@@ -110,6 +126,8 @@ class EventPipeline:
                 self._metrics.events_duplicate.labels(event["source"]).inc()
         if new:
             await self._mark_running(new, link)
+            for notify in self.on_new:
+                notify()
         now = self._clock()
         for event in new:
             self._count_received(

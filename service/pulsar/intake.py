@@ -37,6 +37,8 @@ from service.pulsar.messages import Outcomes, Redelivery, acknowledge, property_
 from service.queue import IdempotencyConflict, JobQueue
 from service.request import BatchRequest, RequestInvalid, parse_request
 from service.settings import Settings
+from service.webhooks.intake import check_callback
+from service.webhooks.ssrf import AddressPolicy
 from service.xmlsafe import DocumentError
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,14 @@ def read_job(
     return JobMessage(request, target, key)
 
 
+async def _check_callback(request: BatchRequest, policy: AddressPolicy) -> None:
+    """The Request's own CallBack checked as ``POST /v1/jobs`` checks it."""
+    try:
+        await check_callback(request, policy)
+    except RequestInvalid as exc:
+        raise InvalidJob("invalid_request", *rule_errors(exc)) from None
+
+
 class JobIntake:
     def __init__(
         self,
@@ -110,6 +120,7 @@ class JobIntake:
         self._metrics = metrics
         self._outcomes = Outcomes(metrics, "intake")
         self._redelivery = Redelivery("intake", self._outcomes)
+        self._callbacks = AddressPolicy(settings.webhook_networks)
 
     async def subscribe(self) -> Any:
         settings = self._settings
@@ -127,6 +138,7 @@ class JobIntake:
         ref = f"{message.topic_name()}|{message.message_id()}"
         try:
             job = read_job(message.data(), message.properties(), ref, self._settings)
+            await _check_callback(job.request, self._callbacks)
             record, created = await enqueue(
                 self._queue,
                 job.request,

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from service.storage.errors import StorageUnavailable, StoreClosed
 from service.storage.protocol import (
+    DELIVERY_STATES,
     FEED_START,
+    Deliveries,
+    Delivery,
+    DeliveryState,
     EventLog,
     FeedPosition,
     Leases,
+    NewDelivery,
     RejectedCallback,
     Storage,
 )
@@ -52,10 +57,15 @@ async def open_storage(
 
 
 __all__ = [
+    "DELIVERY_STATES",
     "FEED_START",
+    "Deliveries",
+    "Delivery",
+    "DeliveryState",
     "EventLog",
     "FeedPosition",
     "Leases",
+    "NewDelivery",
     "RejectedCallback",
     "Storage",
     "StorageUnavailable",

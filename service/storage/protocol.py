@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from service.queue.protocol import JobQueue
 
@@ -113,6 +113,133 @@ class Leases(Protocol):
         ...
 
 
+DeliveryState = Literal["pending", "delivered", "dead"]
+DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "delivered", "dead")
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """One event (or one callback CI sent) owed to one destination, as fan-out decided it."""
+
+    id: str  # the ``webhook-id``: stable across retries, the same if fan-out runs twice
+    job_id: str | None  # our job, when the event has one
+    event_id: str
+    event_type: str
+    kind: str  # ``callback`` (the job's own CallBack) or ``subscription`` (CIRELAY_WEBHOOK_URLS)
+    url: str
+    origin: str  # scheme://host:port: the unit of concurrency and of the circuit breaker
+    chain: str  # deliveries of one chain are sent one after another, in fan-out order
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    seq: int
+    id: str
+    job_id: str | None
+    event_id: str
+    event_type: str
+    kind: str
+    url: str
+    origin: str
+    content_type: str
+    body: bytes
+    state: DeliveryState
+    attempts: int
+    last_status: int | None  # the receiver's HTTP status, None when no answer came
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float
+    delivered_at: float | None
+
+
+class Deliveries(Protocol):
+    """Outgoing webhooks: a durable table of deliveries, claimed under leases by any replica.
+
+    Fan-out follows the event feed with a durable cursor, so the event row committed by the
+    event log is itself the queue entry: an event stored just before a crash is fanned out after
+    the restart. ``due`` never offers a delivery while an earlier one of its chain is pending.
+    """
+
+    # --- fan-out ----------------------------------------------------------------------------
+    async def keep_body(self, event_id: str, content_type: str, body: bytes, *, now: float) -> None:
+        """Keep a callback's body exactly as CI sent it, before its event is stored, so that
+        the job's own CallBack receives the same bytes. A second copy is ignored."""
+        ...
+
+    async def bodies(self, event_ids: Iterable[str]) -> dict[str, tuple[str, bytes]]:
+        """Kept bodies by event id: (content type, body)."""
+        ...
+
+    async def fanout_position(self, *, now: float) -> tuple[FeedPosition, float]:
+        """Where fan-out stands in the event feed, and since when it runs (events received
+        earlier predate deliveries and are skipped). The first call starts it at ``now``."""
+        ...
+
+    async def fan_out(
+        self, deliveries: Sequence[NewDelivery], position: FeedPosition, *, now: float
+    ) -> None:
+        """Insert these deliveries (ids already present are skipped) and move the fan-out
+        position to ``position``, in one transaction. The position never moves back."""
+        ...
+
+    # --- sending ----------------------------------------------------------------------------
+    async def due(
+        self, *, now: float, limit: int, skip_origins: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        """(id, origin) of deliveries that may be attempted now, soonest first: pending, due,
+        not leased, first pending of their chain, and not to ``skip_origins``."""
+        ...
+
+    async def claim(
+        self, ids: Sequence[str], owner: str, *, now: float, lease_seconds: float
+    ) -> list[Delivery]:
+        """Lease those of ``ids`` still claimable to ``owner``; another replica's claim on one
+        is skipped, never waited for."""
+        ...
+
+    async def delivered(self, delivery_id: str, owner: str, *, status: int, now: float) -> bool: ...
+
+    async def failed(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        status: int | None,
+        error: str,
+        retry_at: float | None,
+    ) -> bool:
+        """Count a failed attempt: pending again at ``retry_at``, or ``dead`` when None."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the soonest pending delivery is due (maybe already past); None if none."""
+        ...
+
+    # --- operators --------------------------------------------------------------------------
+    async def get(self, delivery_id: str) -> Delivery | None: ...
+
+    async def for_job(self, job_id: str) -> list[Delivery]:
+        """The job's deliveries in fan-out order."""
+        ...
+
+    async def redeliver(self, delivery_id: str, *, now: float) -> Delivery | None:
+        """A ``dead`` or ``delivered`` delivery pending again at once with a fresh schedule;
+        None when it is pending already (or unknown)."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Deliveries per state, every state present."""
+        ...
+
+    async def job_counts(self, job_id: str) -> dict[str, int]:
+        """One job's deliveries per state, every state present."""
+        ...
+
+    async def oldest_pending_created_at(self) -> float | None: ...
+
+
 class Storage(Protocol):
     """One backend's tables, opened and migrated together."""
 
@@ -129,6 +256,9 @@ class Storage(Protocol):
 
     @property
     def leases(self) -> Leases: ...
+
+    @property
+    def deliveries(self) -> Deliveries: ...
 
     async def ping(self) -> None:
         """A write round trip; raises ``StorageUnavailable`` when the database cannot take one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.storage.postgres.database import Database
+from service.storage.postgres.deliveries import PostgresDeliveries
 from service.storage.postgres.events import PostgresEventLog
 from service.storage.postgres.leases import PostgresLeases
 from service.storage.postgres.queue import PostgresJobQueue
@@ -17,11 +18,13 @@ class PostgresStorage:
         queue: PostgresJobQueue,
         events: PostgresEventLog,
         leases: PostgresLeases,
+        deliveries: PostgresDeliveries,
     ) -> None:
         self._db = db
         self.queue = queue
         self.events = events
         self.leases = leases
+        self.deliveries = deliveries
 
     @classmethod
     async def open(
@@ -43,10 +46,11 @@ class PostgresStorage:
                 rejected_max_count=rejected_max_count,
             )
             leases = await PostgresLeases.open(db)
+            deliveries = await PostgresDeliveries.open(db)
         except BaseException:
             await db.close()
             raise
-        return cls(db, queue, events, leases)
+        return cls(db, queue, events, leases, deliveries)
 
     async def ping(self) -> None:
         async with self._db.transaction() as conn:
@@ -56,6 +60,7 @@ class PostgresStorage:
         try:
             await self.queue.close()
             await self.events.close()
+            await self.deliveries.close()
         finally:
             await self._db.close()
 

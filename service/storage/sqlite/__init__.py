@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.storage.sqlite.database import Database
+from service.storage.sqlite.deliveries import SQLiteDeliveries
 from service.storage.sqlite.events import SQLiteEventLog
 from service.storage.sqlite.leases import SQLiteLeases
 from service.storage.sqlite.queue import SQLiteJobQueue
@@ -12,12 +13,18 @@ class SQLiteStorage:
     backend = "sqlite"
 
     def __init__(
-        self, db: Database, queue: SQLiteJobQueue, events: SQLiteEventLog, leases: SQLiteLeases
+        self,
+        db: Database,
+        queue: SQLiteJobQueue,
+        events: SQLiteEventLog,
+        leases: SQLiteLeases,
+        deliveries: SQLiteDeliveries,
     ) -> None:
         self._db = db
         self.queue = queue
         self.events = events
         self.leases = leases
+        self.deliveries = deliveries
 
     @classmethod
     async def open(
@@ -33,10 +40,11 @@ class SQLiteStorage:
                 rejected_max_count=rejected_max_count,
             )
             leases = await SQLiteLeases.open(db)
+            deliveries = await SQLiteDeliveries.open(db)
         except BaseException:
             await db.close()
             raise
-        return cls(db, queue, events, leases)
+        return cls(db, queue, events, leases, deliveries)
 
     async def ping(self) -> None:
         async with self._db.transaction() as conn:
@@ -46,6 +54,7 @@ class SQLiteStorage:
         try:
             await self.queue.close()
             await self.events.close()
+            await self.deliveries.close()
         finally:
             await self._db.close()
 
