@@ -38,9 +38,17 @@ async def submitted_job(
     tag: str = "Transcode",
     bucket: str = "media-1250000000",
     region: str = "ap-guangzhou",
+    callback: str = "",
+    callback_format: str | None = None,
 ) -> JobRecord:
-    """A job the submitter already created at CI as ``ci_job_id`` (state ``submitted``)."""
+    """A job the submitter already created at CI as ``ci_job_id`` (state ``submitted``), with
+    the Request's own ``CallBack`` (and ``CallBackFormat``) when given."""
     job_id = uuid.uuid4().hex
+    operation: dict[str, Any] = {"Tag": tag}
+    if callback:
+        operation["CallBack"] = callback
+    if callback_format is not None:
+        operation["CallBackFormat"] = callback_format
     now = time.time()
     await queue.enqueue(
         NewJob(
@@ -49,9 +57,9 @@ async def submitted_job(
             region=region,
             tag=tag,
             job_level=0,
-            request={"Name": "demo", "Operation": {"Tag": tag}},
+            request={"Name": "demo", "Operation": operation},
             submit_name=f"demo-{job_id[:8]}",
-            caller_callback="",
+            caller_callback=callback,
             via="http",
         ),
         now=now,
