@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from standardwebhooks import Webhook
+
+from service.appkeys import SETTINGS
+from service.queue import JobRecord
 from service.settings import Settings
+from service.tokens import callback_token
 from tests.events.support import events_settings
+from tests.webhooks.receiver import Received
+
+Client = TestClient[web.Request, web.Application]
 
 # Fast retries: every test that waits for a retry waits for an event, never for this schedule.
 FAST_SCHEDULE = "0.02,0.02,0.02"
@@ -29,3 +41,36 @@ def webhook_settings(tmp_path: Path, **environ: str) -> Settings:
             **environ,
         },
     )
+
+
+async def post_callback(client: Client, job: JobRecord, body: bytes, content_type: str) -> None:
+    token = callback_token(client.app[SETTINGS].callback_key, job.id)
+    resp = await client.post(
+        f"/v1/callbacks/{token}", data=body, headers={"Content-Type": content_type}
+    )
+    assert resp.status == 200, await resp.text()
+
+
+def verify(settings: Settings, delivered: Received) -> Any:
+    """What ``standardwebhooks`` makes of a delivery: raises unless its signature verifies."""
+    return Webhook(settings.webhook_secret).verify(delivered.body, delivered.headers)
+
+
+async def until(client: Client, done: Callable[[], bool]) -> None:
+    """A failed attempt is recorded in the service with nothing a test can await: give the
+    service's loop a turn through a real request until ``done``, a bounded number of times."""
+    for _ in range(2000):
+        if done():
+            return
+        await client.get("/healthz")
+    raise AssertionError("condition never met")
+
+
+async def wait_for_state(client: Client, job_id: str, state: str) -> list[dict[str, Any]]:
+    """The job's deliveries once all are in ``state``: the attempt is recorded just after the
+    receiver answered, so poll the route the operator would use."""
+    for _ in range(2000):
+        listed = (await (await client.get(f"/v1/jobs/{job_id}/deliveries")).json())["deliveries"]
+        if listed and all(d["state"] == state for d in listed):
+            return list(listed)
+    raise AssertionError(f"deliveries of {job_id} never all {state}: {listed}")

@@ -23,11 +23,17 @@ from service.appkeys import EVENT_PIPELINE, METRICS, QUEUE, SETTINGS
 from service.ingest.normalize import batch_finish_event, normalize
 from service.ingest.parse import ParsedCallback
 from service.queue import JobRecord
-from service.settings import Settings
 from service.tokens import callback_token
 from tests.events.support import API_TOKEN, sample, submitted_job, task_finish_json, task_finish_xml
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import new_secret, webhook_settings
+from tests.webhooks.support import (
+    new_secret,
+    post_callback,
+    until,
+    verify,
+    wait_for_state,
+    webhook_settings,
+)
 
 Client = TestClient[web.Request, web.Application]
 StartApp = Callable[..., Awaitable[Client]]
@@ -52,19 +58,6 @@ def start_app(tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]) 
         )
 
     return start
-
-
-async def post_callback(client: Client, job: JobRecord, body: bytes, content_type: str) -> None:
-    token = callback_token(client.app[SETTINGS].callback_key, job.id)
-    resp = await client.post(
-        f"/v1/callbacks/{token}", data=body, headers={"Content-Type": content_type}
-    )
-    assert resp.status == 200, await resp.text()
-
-
-def verify(settings: Settings, delivered: Any) -> Any:
-    """What ``standardwebhooks`` makes of a delivery: raises unless its signature verifies."""
-    return Webhook(settings.webhook_secret).verify(delivered.body, delivered.headers)
 
 
 async def test_ci_callbacks_reach_the_jobs_callback_byte_for_byte(
@@ -252,16 +245,6 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order(
         await down.stop()
 
 
-async def until(client: Client, done: Callable[[], bool]) -> None:
-    """A failed attempt is recorded in the service with nothing a test can await: give the
-    service's loop a turn through a real request until ``done``, a bounded number of times."""
-    for _ in range(2000):
-        if done():
-            return
-        await client.get("/healthz")
-    raise AssertionError("condition never met")
-
-
 async def test_dead_after_the_schedule_then_a_manual_retry_delivers(
     start_app: StartApp, receiver: Receiver
 ) -> None:
@@ -292,16 +275,6 @@ async def test_dead_after_the_schedule_then_a_manual_retry_delivers(
     assert receiver.delivered[0].headers["webhook-id"] == view["id"]
     [view] = await wait_for_state(client, job.id, "delivered")
     assert view["last_status"] == 204
-
-
-async def wait_for_state(client: Client, job_id: str, state: str) -> list[dict[str, Any]]:
-    """The job's deliveries once all are in ``state``: the attempt is recorded just after the
-    receiver answered, so poll the route the operator would use."""
-    for _ in range(2000):
-        listed = (await (await client.get(f"/v1/jobs/{job_id}/deliveries")).json())["deliveries"]
-        if listed and all(d["state"] == state for d in listed):
-            return list(listed)
-    raise AssertionError(f"deliveries of {job_id} never all {state}: {listed}")
 
 
 async def test_other_4xx_fail_at_once_and_retryable_ones_honour_retry_after(
