@@ -31,6 +31,7 @@ from service.intake import (
 )
 from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
+from service.storage import DELIVERY_STATES
 from service.timefmt import epoch_text
 from service.webhooks.intake import check_callback
 from service.xmlsafe import DocumentError
@@ -174,6 +175,7 @@ def job_view(job: JobRecord, *, with_events: bool = True) -> dict[str, Any]:
     }
     if with_events:
         view["events"] = []
+        view["deliveries"] = dict.fromkeys(DELIVERY_STATES, 0)
     return view
 
 
