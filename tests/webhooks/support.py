@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from service.queue import JobRecord
 from service.settings import Settings
 from service.tokens import callback_token
 from tests.events.support import events_settings
+from tests.queue.rig import until
 from tests.webhooks.receiver import Received
 
 Client = TestClient[web.Request, web.Application]
@@ -56,21 +56,16 @@ def verify(settings: Settings, delivered: Received) -> Any:
     return Webhook(settings.webhook_secret).verify(delivered.body, delivered.headers)
 
 
-async def until(client: Client, done: Callable[[], bool]) -> None:
-    """A failed attempt is recorded in the service with nothing a test can await: give the
-    service's loop a turn through a real request until ``done``, a bounded number of times."""
-    for _ in range(2000):
-        if done():
-            return
-        await client.get("/healthz")
-    raise AssertionError("condition never met")
-
-
 async def wait_for_state(client: Client, job_id: str, state: str) -> list[dict[str, Any]]:
-    """The job's deliveries once all are in ``state``: the attempt is recorded just after the
-    receiver answered, so poll the route the operator would use."""
-    for _ in range(2000):
-        listed = (await (await client.get(f"/v1/jobs/{job_id}/deliveries")).json())["deliveries"]
-        if listed and all(d["state"] == state for d in listed):
-            return list(listed)
-    raise AssertionError(f"deliveries of {job_id} never all {state}: {listed}")
+    """The job's deliveries once all are in ``state``, read through the operator's route (the
+    attempt is recorded just after the receiver answered: nothing to await)."""
+    listed: list[dict[str, Any]] = []
+
+    async def reached() -> bool:
+        nonlocal listed
+        resp = await client.get(f"/v1/jobs/{job_id}/deliveries")
+        listed = (await resp.json())["deliveries"]
+        return bool(listed) and all(d["state"] == state for d in listed)
+
+    await until(reached, f"deliveries of {job_id} all {state}")
+    return listed

@@ -25,11 +25,11 @@ from service.ingest.parse import ParsedCallback
 from service.queue import JobRecord
 from service.tokens import callback_token
 from tests.events.support import API_TOKEN, sample, submitted_job, task_finish_json, task_finish_xml
+from tests.queue.rig import until
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import (
     new_secret,
     post_callback,
-    until,
     verify,
     wait_for_state,
     webhook_settings,
@@ -230,9 +230,11 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order(
             await post_callback(client, job, task_finish_xml(media, state), "application/xml")
             sent.setdefault(job.id, []).append(media)
     metrics = client.app[METRICS].registry
-    await until(
-        client, lambda: sample(metrics, "cirelay_webhook_deliveries_total", outcome="retried") >= 3
-    )
+
+    async def retried() -> bool:
+        return sample(metrics, "cirelay_webhook_deliveries_total", outcome="retried") >= 3
+
+    await until(retried, "three failed attempts")
     await down.start()
     try:
         await down.wait_until(lambda r: len(r.delivered) == 6)
@@ -293,11 +295,7 @@ async def test_other_4xx_fail_at_once_and_retryable_ones_honour_retry_after(
     job = await submitted_job(client.app[QUEUE], callback=receiver.url)
     await post_callback(client, job, task_finish_xml(f"j{'b' * 32}"), "application/xml")
     await receiver.wait_until(lambda r: r.received[-1].status == 429)
-    for _ in range(2000):
-        [view] = (await (await client.get(f"/v1/jobs/{job.id}/deliveries")).json())["deliveries"]
-        if view["attempts"] == 1:
-            break
-    assert view["attempts"] == 1
+    [view] = await wait_for_attempts(client, job.id, 1)
     assert view["state"] == "pending"
     wait = datetime.fromisoformat(view["next_attempt_at"]) - datetime.now(UTC)
     assert wait.total_seconds() > 3000  # the hour asked for, not the schedule's 0.02 s
@@ -339,3 +337,15 @@ async def test_a_slow_receiver_does_not_stall_other_destinations(start_app: Star
     finally:
         await slow.stop()
         await fast.stop()
+
+
+async def wait_for_attempts(client: Client, job_id: str, attempts: int) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = []
+
+    async def counted() -> bool:
+        nonlocal listed
+        listed = (await (await client.get(f"/v1/jobs/{job_id}/deliveries")).json())["deliveries"]
+        return [d["attempts"] for d in listed] == [attempts]
+
+    await until(counted, f"{attempts} attempt(s) recorded")
+    return listed
