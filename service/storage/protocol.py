@@ -214,7 +214,8 @@ class Deliveries(Protocol):
         ...
 
     async def next_due(self) -> float | None:
-        """When the soonest pending delivery is due (maybe already past); None if none."""
+        """When the soonest pending delivery that heads its chain is due or its lease runs out
+        (maybe already past); None if none."""
         ...
 
     # --- operators --------------------------------------------------------------------------

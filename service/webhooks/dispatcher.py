@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 JITTER = 0.2
 # Slack of a claim's lease beyond the attempt's own timeout.
 _LEASE_SLACK_SECONDS = 10.0
+# Slots refilled at once: a quarter of the concurrency.
+_REFILL_FRACTION = 4
+# Longest a free slot waits for a batch to gather before it is refilled alone.
+_REFILL_SECONDS = 0.02
 # Candidates read per free slot: some may be to an origin already at its limit.
 _CANDIDATES_PER_SLOT = 4
 OUTCOMES = ("delivered", "retried", "dead")
@@ -76,6 +80,8 @@ class Dispatcher:
             threshold=config.breaker_failures, cooldown=config.breaker_seconds
         )
         self._in_flight: dict[asyncio.Task[None], str] = {}  # task -> origin
+        self._batch = max(1, config.concurrency // _REFILL_FRACTION)
+        self._last_fill = 0.0
         self.wake = Signal()
         for outcome in OUTCOMES:
             metrics.webhook_deliveries.labels(outcome)
@@ -94,15 +100,27 @@ class Dispatcher:
             await self._drain()
 
     async def _idle_wait(self) -> float:
-        if len(self._in_flight) >= self._config.concurrency:
-            return self._config.poll_interval  # a finishing attempt wakes the loop sooner
-        due = await self._deliveries.next_due()
-        if due is None:
+        """How long to sleep unless woken (new deliveries here, an attempt finished)."""
+        free = self._config.concurrency - len(self._in_flight)
+        if free <= 0:
             return self._config.poll_interval
-        return min(self._config.poll_interval, max(0.0, due - self._clock()))
+        if free < self._batch:
+            return _REFILL_SECONDS
+        due = await self._deliveries.next_due()
+        wait = self._config.poll_interval if due is None else due - self._clock()
+        # Due already, yet not taken just now: leased by another replica, or its destination
+        # is at its limit or its circuit open. A finishing attempt wakes the loop; otherwise
+        # look again after the poll interval.
+        return self._config.poll_interval if wait <= 0 else min(wait, self._config.poll_interval)
 
     async def _fill(self) -> None:
-        while (free := self._config.concurrency - len(self._in_flight)) > 0:
+        # Refill in batches: one query and one claim for many free slots, not one per attempt
+        # that finished; a few free slots are refilled too once a short while has passed, so
+        # slots held by slow receivers never keep the others waiting long.
+        while (free := self._config.concurrency - len(self._in_flight)) >= self._batch or (
+            free > 0 and time.monotonic() - self._last_fill >= _REFILL_SECONDS
+        ):
+            self._last_fill = time.monotonic()
             now = self._clock()
             busy = Tally(self._in_flight.values())
             skip = {o for o, n in busy.items() if n >= self._cap(o, now)}

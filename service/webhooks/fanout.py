@@ -167,7 +167,7 @@ class FanOut:
         rows: list[NewDelivery] = []
         for event in events:
             for url in self._subscriptions:
-                rows.append(_subscription(event, url))
+                rows.append(subscription_delivery(event, url))
             rows.extend(await self._callback(event, kept))
         await self._deliveries.fan_out(rows, page[-1][0], now=now)
         if rows:
@@ -194,7 +194,8 @@ class FanOut:
         return [_row(event, "callback", url, content_type, body)]
 
 
-def _subscription(event: Mapping[str, Any], url: str) -> NewDelivery:
+def subscription_delivery(event: Mapping[str, Any], url: str) -> NewDelivery:
+    """The delivery of ``event`` to the subscription ``url``: the canonical event as JSON."""
     return _row(event, "subscription", url, "application/json", _json(event))
 
 

@@ -139,6 +139,15 @@ async def test_redeliver_brings_dead_and_delivered_back_but_not_pending(storage:
     assert await deliveries.counts() == {"pending": 3, "delivered": 0, "dead": 0}
 
 
+async def test_the_next_due_time_is_a_chain_heads(storage: Storage) -> None:
+    deliveries = storage.deliveries
+    await deliveries.fan_out([new(1), new(2)], (0, 2), now=10.0)
+    [first] = await deliveries.claim([new(1).id], "r1", now=10.0, lease_seconds=30)
+    assert await deliveries.next_due() == 40.0  # leased until then; the second waits behind it
+    assert await deliveries.failed(first.id, "r1", status=None, error="reset", retry_at=70.0)
+    assert await deliveries.next_due() == 70.0
+
+
 async def test_nothing_pending_has_no_due_time(storage: Storage) -> None:
     assert await storage.deliveries.next_due() is None
     assert await storage.deliveries.oldest_pending_created_at() is None

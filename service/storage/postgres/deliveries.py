@@ -73,14 +73,22 @@ _INSERT = (
     " $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::float8[], $11::float8[])"
     " ON CONFLICT (id) DO NOTHING"
 )
-_BODY_BATCH = 64
+_BATCH = 64
+
+
+# One attempt's outcome: the SET clause (values from $3), its values, the id and lease owner.
+_Outcome = tuple[str, tuple[Any, ...], str, str]
 
 
 class PostgresDeliveries:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._bodies: GroupCommit[tuple[str, str, bytes, float], None] = GroupCommit(
-            self._commit_bodies, name="delivery-body-writer", max_rows=_BODY_BATCH
+            self._commit_bodies, name="delivery-body-writer", max_rows=_BATCH
+        )
+        # Outcomes of many attempts share one transaction (one WAL flush) per batch.
+        self._outcomes: GroupCommit[_Outcome, bool] = GroupCommit(
+            self._commit_outcomes, name="delivery-outcome-writer", max_rows=_BATCH
         )
 
     @classmethod
@@ -90,6 +98,7 @@ class PostgresDeliveries:
 
     async def close(self) -> None:
         await self._bodies.close()
+        await self._outcomes.close()
 
     # --- fan-out ----------------------------------------------------------------------------
 
@@ -226,22 +235,30 @@ class PostgresDeliveries:
     async def _finish_attempt(
         self, assignments: str, values: tuple[Any, ...], delivery_id: str, owner: str
     ) -> bool:
-        async with self._db.connection() as conn:
-            result = await conn.execute(
-                f"UPDATE deliveries SET {assignments}, attempts = attempts + 1,"
-                " lease_owner = NULL, lease_until = NULL"
-                " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-                delivery_id,
-                owner,
-                *values,
-            )
-        return bool(result == "UPDATE 1")
+        return await self._outcomes.submit((assignments, values, delivery_id, owner))
+
+    async def _commit_outcomes(self, batch: list[_Outcome]) -> list[bool | Exception]:
+        results: list[bool | Exception] = []
+        async with self._db.transaction() as conn:
+            for assignments, values, delivery_id, owner in batch:
+                status = await conn.execute(
+                    f"UPDATE deliveries SET {assignments}, attempts = attempts + 1,"
+                    " lease_owner = NULL, lease_until = NULL"
+                    " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+                    delivery_id,
+                    owner,
+                    *values,
+                )
+                results.append(status == "UPDATE 1")
+        return results
 
     async def next_due(self) -> float | None:
         async with self._db.connection() as conn:
             value = await conn.fetchval(
-                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))"
-                " FROM deliveries WHERE state = 'pending'"
+                "SELECT MIN(GREATEST(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
+                " FROM deliveries d WHERE d.state = 'pending' AND NOT EXISTS (SELECT 1"
+                " FROM deliveries e WHERE e.chain = d.chain AND e.state = 'pending'"
+                " AND e.seq < d.seq)"
             )
         return None if value is None else float(value)
 
