@@ -18,5 +18,8 @@ class Signal:
 
     async def wait(self, max_wait: float) -> None:
         event = self._event
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation that
+        # arrives as the event is set, and a worker told to stop would wait on forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(max_wait, 0.0))
+            async with asyncio.timeout(max(max_wait, 0.0)):
+                await event.wait()
