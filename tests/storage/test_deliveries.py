@@ -5,25 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from service.storage import NewDelivery, Storage
+from service.storage import Storage
 from tests.storage.conftest import OpenBackend
-
-
-def new(
-    n: int, *, job: str = "job1", url: str = "http://hooks.example:80/a", kind: str = "subscription"
-) -> NewDelivery:
-    return NewDelivery(
-        id=f"msg_{kind}_{url}_{n}",
-        job_id=job,
-        event_id=f"ev{n}",
-        event_type="TaskFinish",
-        kind=kind,
-        url=url,
-        origin=url.rsplit("/", 1)[0],
-        chain=f"{kind} {url} {job}",
-        content_type="application/json",
-        body=f'{{"n": {n}}}'.encode(),
-    )
+from tests.storage.samples import new_delivery as new
 
 
 async def test_fan_out_is_idempotent_and_its_position_never_moves_back(storage: Storage) -> None:
