@@ -308,6 +308,20 @@ async def test_hostile_bodies_are_refused_kept_and_counted(
     assert (await cb_client.get("/healthz")).status == 200
 
 
+async def test_a_nul_in_a_json_callback_is_refused_on_every_backend(cb_client: Client) -> None:
+    # PostgreSQL's text columns cannot hold one: refused as a document, never a 5xx from storage.
+    body = task_finish_json("j\u0000x")
+    assert b"\\u0000" in body
+    resp = await cb_client.post(
+        f"/v1/callbacks/{STATIC_TOKEN}", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "malformed_json"
+    [kept] = await cb_client.app[EVENT_STORE].rejected()
+    assert kept.reason == "malformed_json"
+    assert await cb_client.app[EVENT_STORE].feed() == []
+
+
 async def test_refused_bodies_are_kept_only_up_to_the_limit(
     tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
 ) -> None:
