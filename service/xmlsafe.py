@@ -117,11 +117,17 @@ def _refuse_doctype(*_: object) -> NoReturn:
     raise DocumentError("doctype", "DOCTYPE and entity declarations are not accepted")
 
 
-def parse_json(body: bytes, *, force_list: Collection[str] = (), max_depth: int = 64) -> Any:
+def parse_json(
+    body: bytes,
+    *,
+    force_list: Collection[str] = (),
+    max_depth: int = 64,
+    refuse_nul: bool = False,
+) -> Any:
     """Parse a JSON body, refusing empty, malformed, non-JSON constants, unpaired surrogate
-    escapes, NUL characters and too-deeply nested documents. Object members named in
-    ``force_list`` are made lists (a one-element list unless already a list), as ``parse_xml``
-    does."""
+    escapes, too-deeply nested documents and, with ``refuse_nul``, NUL characters in strings.
+    Object members named in ``force_list`` are made lists (a one-element list unless already a
+    list), as ``parse_xml`` does."""
     if not body or body.isspace():
         raise DocumentError("empty", "empty body")
     try:
@@ -140,9 +146,7 @@ def parse_json(body: bytes, *, force_list: Collection[str] = (), max_depth: int 
         except UnicodeEncodeError:
             raise DocumentError("malformed_json", "JSON has an unpaired surrogate escape") from None
     _check_json_tree(value, max_depth, frozenset(force_list))
-    # XML, CI's other format, cannot carry a NUL and PostgreSQL's text columns refuse one: the
-    # same callback must not be a 5xx on one backend and stored on the other.
-    if _NUL_ESCAPE in text and _has_nul(value):
+    if refuse_nul and _NUL_ESCAPE in text and _has_nul(value):
         raise DocumentError("malformed_json", "JSON has a NUL character (\\u0000) in a string")
     return value
 
