@@ -185,10 +185,10 @@ class PostgresEventLog:
     ) -> None:
         row = (
             received_at,
-            source,
-            reason,
-            message,
-            content_type,
+            _text(source),
+            _text(reason),
+            _text(message),
+            _text(content_type),
             len(body),
             body[: self._rejected_body_max_bytes],
         )
@@ -353,6 +353,12 @@ def _dumps(event: Mapping[str, Any]) -> str:
         return orjson.dumps(event).decode()
     except orjson.JSONEncodeError:
         return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold a NUL, and a refused delivery's metadata may carry one (a
+    # Pulsar property): marked as U+FFFD instead. The body itself is kept byte for byte.
+    return value.replace("\x00", "\ufffd")
 
 
 def _event(row: asyncpg.Record) -> dict[str, Any]:
