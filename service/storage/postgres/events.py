@@ -15,8 +15,10 @@ before A commits, never to see it. So every row carries the id of the transactio
 server when the read's snapshot was taken. Every transaction below that mark has ended, so each
 row it will ever have is visible to the read; every transaction that commits later has an ``xid``
 at or above the mark, so its rows sort after anything served. A cursor, ``(xid, seq)`` of the last
-row returned, therefore never skips a row. The price: a transaction that stays open anywhere on
-the server (any database, any client) holds the feed back at its ``xid`` until it ends.
+row returned, therefore never skips a row. The price: a transaction that has written (taken a
+transaction id) and stays open anywhere on the server (any database, any client) holds the feed
+back at its ``xid`` until it ends; open transactions that only read (a report, ``pg_dump``) take
+no id and hold nothing back.
 
 ``seq`` follows the order events were handed over within a transaction; the rows are inserted in
 ``event_id`` order, so two replicas storing overlapping batches take their unique-index locks in
