@@ -4,18 +4,18 @@
                                       [--connections 16] [--jobs 2000] [--sizes 1000,10000,100000]
                                       [--claims 500] [--only intake|submission|claims|replicas]
 
-``--backend postgres`` starts its own PostgreSQL server (tests/postgres/server.sh, pinned to core
-1 with the load generator) and runs everything on fresh databases of it; claim sizes then default
-to 1k, 100k and 1M.
+``--backend postgres`` starts its own PostgreSQL server (tests/postgres/server.sh; not pinned: on
+two cores, pinned beside wrk or beside the measured server it starves) and runs everything on
+fresh databases of it; claim sizes then default to 1k, 100k and 1M.
 
 1. Intake (`POST /v1/jobs`): wrk (pinned to core 1) posts the same valid JSON Request to
    - bare: an aiohttp app whose one handler reads the body and answers 202 with a small JSON;
    - cirelay: the real service app (middleware, bearer auth, parse, full validation, durable
      insert into the queue, metrics) with its submitter off, on a fresh database;
-   - on PostgreSQL also cirelay x2: two replicas of it on the same database, each loaded by its
-     own wrk with half the connections (their rates summed). Both replicas share core 0, so this
-     shows what sharing one database costs, not scaling, which two cores cannot show;
-   each server on core 0, none writing access logs. Ratio = cirelay / bare.
+   each server alone on core 0, none writing access logs. Ratio = cirelay / bare.
+   On PostgreSQL also one replica against two on the same database ("x1 free", "x2 free"), each
+   replica loaded by its own wrk with its share of the connections (rates summed), the replicas
+   not pinned, so a second one can use what CPU wrk and PostgreSQL leave on the two cores.
 2. Submission (jobs/s to CI): the emulator (no latency, no faults) runs on core 1; on core 0,
    - baseline: the CI client alone, ``workers`` concurrent loops calling create;
    - cirelay: a burst-mode Submitter draining a queue of the same number of jobs (claim, rate
@@ -27,7 +27,7 @@ to 1k, 100k and 1M.
    the smallest size. At most half of each queue is claimed, so it stays near its nominal size.
 4. Replicas (PostgreSQL only): ``--jobs`` queued jobs drained (claim, then record as submitted)
    by one process with ``workers`` concurrent loops, then by two processes with as many each, on
-   the same database: jobs/s.
+   the same database (not pinned): jobs/s.
 
 A benchmark, never a test: nothing here asserts timings. Needs wrk and taskset.
 """
@@ -123,11 +123,12 @@ def _bare_app() -> web.Application:
     return app
 
 
-def _serve(kind: str, port: int, workdir: Path, database_url: str | None) -> None:
+def _serve(kind: str, port: int, workdir: Path, database_url: str | None, pinned: bool) -> None:
     from service.app import create_app
     from service.logging import configure_logging
 
-    os.sched_setaffinity(0, {SERVER_CORE})
+    if pinned:
+        os.sched_setaffinity(0, {SERVER_CORE})
     settings = _settings(workdir, database_url, submitter_enabled=False)
     configure_logging(settings)
     app = _bare_app() if kind == "bare" else create_app(settings)
@@ -183,7 +184,7 @@ def _wrk(urls: list[str], seconds: float, connections: int, workdir: Path) -> di
 
 
 def _server(
-    kind: str, workdir: Path, database_url: str | None
+    kind: str, workdir: Path, database_url: str | None, pinned: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [
@@ -199,6 +200,8 @@ def _server(
     ]
     if database_url is not None:
         command += ["--database-url", database_url]
+    if not pinned:
+        command.append("--unpinned")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     _wait_port(proc, port, kind)
     return proc, f"http://127.0.0.1:{port}/v1/jobs"
@@ -208,17 +211,17 @@ def bench_intake(
     args: argparse.Namespace, workdir: Path, new_database: Callable[[], str] | None
 ) -> dict[str, Any]:
     """``new_database``: a fresh PostgreSQL database per run (None: SQLite files)."""
-    runs = [("bare", "bare", 1), ("cirelay", "cirelay", 1)]
+    runs = [("bare", "bare", 1, True), ("cirelay", "cirelay", 1, True)]
     if new_database is not None:
-        runs.append(("cirelay x2", "cirelay", 2))
+        runs += [("x1 free", "cirelay", 1, False), ("x2 free", "cirelay", 2, False)]
     results: dict[str, Any] = {}
-    for name, kind, replicas in runs:
+    for name, kind, replicas, pinned in runs:
         database_url = new_database() if new_database is not None and kind != "bare" else None
         procs: list[subprocess.Popen[bytes]] = []
         try:
             urls = []
             for _ in range(replicas):
-                proc, url = _server(kind, workdir, database_url)
+                proc, url = _server(kind, workdir, database_url, pinned)
                 procs.append(proc)
                 urls.append(url)
             _wrk(urls, args.warmup, args.connections, workdir)
@@ -235,9 +238,9 @@ def bench_intake(
         )
     results["ratio"] = round(results["cirelay"]["rps"] / results["bare"]["rps"], 3)
     print(f"intake   ratio cirelay/bare: {results['ratio']:.3f}", flush=True)
-    if "cirelay x2" in results:
-        results["ratio_x2"] = round(results["cirelay x2"]["rps"] / results["cirelay"]["rps"], 3)
-        print(f"intake   ratio two replicas/one: {results['ratio_x2']:.3f}", flush=True)
+    if "x2 free" in results:
+        results["ratio_x2"] = round(results["x2 free"]["rps"] / results["x1 free"]["rps"], 3)
+        print(f"intake   ratio two replicas/one (unpinned): {results['ratio_x2']:.3f}", flush=True)
     return results
 
 
@@ -559,9 +562,6 @@ def bench_replicas(args: argparse.Namespace, new_database: Callable[[], str]) ->
         procs = [
             subprocess.Popen(
                 [
-                    "taskset",
-                    "-c",
-                    str(SERVER_CORE),
                     sys.executable,
                     "-m",
                     "tests.bench.bench_queue",
@@ -614,11 +614,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--unpinned", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--drain", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.port, Path(args.workdir), args.database_url)
+        _serve(args.serve, args.port, Path(args.workdir), args.database_url, not args.unpinned)
         return
     if args.drain:
         asyncio.run(_drain(args.drain, args.workers))
@@ -639,7 +640,8 @@ def main() -> None:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cirelay-bench-")))
         new_database: Callable[[], str] | None = None
         if postgres_backend:
-            server = stack.enter_context(postgres(core=LOAD_CORE))
+            # Not pinned: on two cores, pinned beside wrk or the server it would starve.
+            server = stack.enter_context(postgres(core=None))
             new_database = functools.partial(fresh_database, server)
         if args.only in (None, "intake"):
             summary["intake"] = bench_intake(args, workdir, new_database)

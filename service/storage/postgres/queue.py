@@ -6,9 +6,9 @@ unique column written with ``ON CONFLICT (idempotency_key) DO NOTHING``: when tw
 the same key at once, PostgreSQL makes the second insert wait for the first transaction, then skip
 the row, and the loser reads the winner's job.
 
-Idle workers wake on other replicas' enqueues too: every enqueue (and every job given back)
-sends ``NOTIFY cirelay_queue`` with its transaction, and each queue keeps one pooled connection
-``LISTEN``ing. If that connection is lost, or the pool has a single connection to spare, workers
+Idle workers wake on other replicas' enqueues too: every insert (a trigger) and every job given
+back sends ``NOTIFY cirelay_queue`` with its transaction, and each queue keeps one pooled connection
+``LISTEN``ing. While that connection is lost, or with a pool of one connection, workers
 still find the work by polling (``CIRELAY_POLL_INTERVAL_SECONDS``).
 """
 
@@ -82,6 +82,16 @@ MIGRATIONS = (
             WHERE state = 'queued';
         CREATE INDEX jobs_queued_available ON jobs (available_at) WHERE state = 'queued';
         CREATE INDEX jobs_state_seq ON jobs (state, seq);
+        -- Wakes the queues LISTENing on every replica: one notification per INSERT statement
+        -- (a whole group-committed batch), sent when its transaction commits.
+        CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('cirelay_queue', '');
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();
         """,
     ),
 )
@@ -195,7 +205,8 @@ class PostgresJobQueue:
         return record, created
 
     async def _insert(self, batch: list[_Enqueue]) -> list[_Outcome]:
-        """One transaction for a batch of enqueues: each job's outcome, a conflict as a value."""
+        """One transaction for a batch of enqueues: each job's outcome, a conflict as a value.
+        Idle workers everywhere are woken by the insert trigger's NOTIFY, sent at commit."""
         # A key repeated within the batch is inserted once, by its first job.
         first_in_batch: dict[str, str] = {}
         inserts: list[NewJob] = []
@@ -210,20 +221,28 @@ class PostgresJobQueue:
         # jobs that arrived together are reordered, and their order was a race anyway.
         inserts.sort(key=lambda job: job.idempotency_key or "")
         nows = {item.job.id: item.now for item in batch}
-        async with self._db.transaction() as conn:
-            rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
+        by_key: dict[str, JobRecord] = {}
+        if not first_in_batch:
+            # No keys: the one INSERT is the whole write, atomic and committed by itself, so
+            # no BEGIN and COMMIT round trips.
+            async with self._db.connection() as conn:
+                rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
             inserted = {str(r["id"]): _record(r) for r in rows}
-            if inserted:
-                await conn.execute(_NOTIFY)  # delivered at commit, once however many jobs
-            # Keys whose row was not inserted belong to a job committed earlier, here or by
-            # another replica; this statement's fresh snapshot sees it.
-            lost = [k for k, job_id in first_in_batch.items() if job_id not in inserted]
-            by_key: dict[str, JobRecord] = {}
-            if lost:
-                winners = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[])", lost
-                )
-                by_key = {str(r["idempotency_key"]): _record(r) for r in winners}
+        else:
+            # The read of lost keys shares the insert's transaction: if it fails, nothing was
+            # stored, and the jobs can be retried one by one.
+            async with self._db.transaction() as conn:
+                rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
+                inserted = {str(r["id"]): _record(r) for r in rows}
+                # A key whose row was not inserted belongs to a job committed earlier, here or
+                # by another replica; this statement's fresh snapshot sees it.
+                lost = [k for k, job_id in first_in_batch.items() if job_id not in inserted]
+                if lost:
+                    winners = await conn.fetch(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[])",
+                        lost,
+                    )
+                    by_key = {str(r["idempotency_key"]): _record(r) for r in winners}
         by_key.update({r.idempotency_key: r for r in inserted.values() if r.idempotency_key})
         outcomes: list[_Outcome] = []
         for item in batch:
