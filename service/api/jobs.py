@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from service.api.errors import ApiError
@@ -24,6 +25,8 @@ from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
 from service.timefmt import epoch_text
 from service.xmlsafe import DocumentError
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -54,6 +57,10 @@ async def create_job(request: web.Request) -> web.Response:
     except RequestInvalid as exc:
         message, details = rule_errors(exc)
         raise ApiError(422, "invalid_request", message, details) from None
+    except Exception as exc:  # parsing is pure: anything else it raises is the body's fault
+        log.warning("request_unreadable", exc_info=True)
+        message = f"the body could not be read: {type(exc).__name__}"
+        raise ApiError(400, "invalid_document", message, [{"reason": "unreadable"}]) from None
     try:
         job, created = await enqueue(
             request.app[QUEUE],

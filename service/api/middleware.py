@@ -1,10 +1,18 @@
-"""Request id, bearer auth on /v1, JSON errors for everything, per-route metrics."""
+"""Request id, bearer auth on /v1, JSON errors for everything, per-route metrics.
+
+Input never earns a 5xx: headers that are not UTF-8 are refused before any handler reads them, and
+an exception of the kinds that only input raises (``ValueError``, ``UnicodeError``,
+``OverflowError``, ``RecursionError``) that escaped a handler becomes 400 ``invalid_input``, logged
+with its traceback so the handler can be taught a precise answer. The database being unavailable is
+503; only a fault of our own is a 500.
+"""
 
 from __future__ import annotations
 
 import functools
 import hmac
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from service.api.errors import ApiError, error_response
 from service.appkeys import METRICS, SETTINGS
+from service.events.store import StoreClosed
 
 log = structlog.get_logger(__name__)
 
@@ -21,6 +30,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes that authenticate by their own token in the path instead of the bearer token.
 _PUBLIC_PREFIXES = ("/v1/callbacks/",)
+
+# Exceptions only malformed input raises in our code (int/str conversions, codecs, deep nesting).
+_INPUT_ERRORS = (ValueError, UnicodeError, OverflowError, RecursionError)
+# The database is unavailable: not the caller's fault, and worth retrying later.
+_UNAVAILABLE = (StoreClosed, sqlite3.Error)
+
+_MAX_REQUEST_ID = 128
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -34,8 +50,7 @@ _HTTP_CODES = {
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # 128 random bits in hex, as uuid4().hex gave, for a quarter of its cost.
-    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
+    request_id = _request_id(request.headers.get("X-Request-Id"))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics = request.app[METRICS]
@@ -54,6 +69,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         )
 
 
+def _request_id(given: str | None) -> str:
+    # A caller's id is echoed in a header and logged: only short printable ASCII is taken as is.
+    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    # 128 random bits in hex, as uuid4().hex gave, for a quarter of its cost.
+    return os.urandom(16).hex()
+
+
 # A label lookup costs more than the increment it serves, and the label sets are few: keep the
 # children. Bounded, so odd methods from clients only evict each other.
 @functools.lru_cache(maxsize=1024)
@@ -68,6 +91,7 @@ def _duration_child(metric: Histogram, method: str, route: str) -> Histogram:
 
 async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_headers(request)
         _authenticate(request)
         return await handler(request)
     except ApiError as exc:
@@ -80,9 +104,29 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods the resource supports
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except _UNAVAILABLE:
+        log.warning("storage_unavailable", path=request.path, exc_info=True)
+        return error_response(503, "unavailable", "the database is unavailable; try again later")
+    except _INPUT_ERRORS as exc:
+        log.warning("input_error", path=request.path, exc_info=True)
+        return error_response(400, "invalid_input", f"input refused: {type(exc).__name__}")
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return error_response(500, "internal_error", "internal error")
+
+
+def _check_headers(request: web.Request) -> None:
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which no encoder, database or
+    # comparison downstream accepts. ASCII, the common case, costs one C-level scan per value.
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                message = f"header {name} is not valid UTF-8"
+                raise ApiError(
+                    400, "invalid_header", message, [{"path": f"header.{name}", "message": message}]
+                ) from None
 
 
 def _authenticate(request: web.Request) -> None:

@@ -28,6 +28,8 @@ from service.timefmt import utc_text
 log = structlog.get_logger(__name__)
 
 EVENT_TYPES = ("TaskFinish", "WorkflowFinish", "BatchFinish")
+# Rejection reason of a body whose parsing raised something other than ``EventRejected``.
+UNREADABLE = "unreadable"
 # Links of recently seen jobs, so a batch's many callbacks cost one job read, not one each.
 _LINK_CACHE_SIZE = 4096
 
@@ -89,6 +91,13 @@ class EventPipeline:
                 body, content_type, source=source, reason=exc.reason, message=exc.message
             )
             raise
+        except Exception as exc:
+            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
+            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
+            log.warning("event_parse_failed", source=source, exc_info=True)
+            message = f"the body could not be read: {type(exc).__name__}"
+            await self.reject(body, content_type, source=source, reason=UNREADABLE, message=message)
+            raise EventRejected(UNREADABLE, message) from exc
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
@@ -136,6 +145,8 @@ class EventPipeline:
     ) -> None:
         """Keep a refused delivery's body (bounded) with its reason, and count it."""
         received = datetime.fromtimestamp(self._clock(), UTC)
+        if not content_type.isascii():  # kept as text: bytes that were not UTF-8 become U+FFFD
+            content_type = content_type.encode(errors="replace").decode()
         await self._store.reject(
             received_at=utc_text(received),
             source=source,
