@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import NamedTuple
 
 from aiohttp import web
@@ -18,6 +18,20 @@ from service.settings import Settings
 START_TIMEOUT = 30.0
 # A guard against a hung server, not a measure of speed.
 ANSWER_TIMEOUT = 30.0
+
+
+@asynccontextmanager
+async def listening(app: web.Application) -> AsyncIterator[int]:
+    """The port of ``app`` served on loopback as ``cirelay serve`` serves it (``web.run_app``'s
+    runner: handlers are not cancelled when their client goes; aiohttp's TestServer cancels)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port: int = runner.addresses[0][1]
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 @contextmanager

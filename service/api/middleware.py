@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter, Histogram
 
 from service.api.errors import ApiError, error_response
@@ -33,6 +34,10 @@ _PUBLIC_PREFIXES = ("/v1/callbacks/",)
 
 # Exceptions only malformed input raises in our code (int/str conversions, codecs, deep nesting).
 _INPUT_ERRORS = (ValueError, UnicodeError, OverflowError, RecursionError)
+# What reading the body raises once the client hung up (reset, or a body cut short).
+_HANG_UPS = (ConnectionError, HttpProcessingError)
+# nginx's "client closed request": counted apart from the server's own errors.
+CLIENT_CLOSED_REQUEST = 499
 # The database is unavailable: not the caller's fault, and worth retrying later.
 _UNAVAILABLE = (StoreClosed, sqlite3.Error)
 
@@ -104,6 +109,12 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods the resource supports
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except _HANG_UPS as exc:
+        if not _client_gone(request):
+            raise
+        # The client's doing, not ours: no traceback, and a status of its own in the metrics.
+        log.info("client_disconnected", path=request.path, error=type(exc).__name__)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except _UNAVAILABLE:
         log.warning("storage_unavailable", path=request.path, exc_info=True)
         return error_response(503, "unavailable", "the database is unavailable; try again later")
@@ -113,6 +124,11 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return error_response(500, "internal_error", "internal error")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _check_headers(request: web.Request) -> None:
