@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 import structlog
-from aiohttp import web
 
 from service import __version__
 from service.app import create_app
@@ -16,6 +16,7 @@ from service.emulator.app import check_emulator, run_emulator
 from service.emulator.sandbox import bind_loopback, install_sandbox, sandbox_settings
 from service.logging import configure_logging
 from service.reference import settings_markdown
+from service.server import serve_until_signalled, service_runner
 from service.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -83,11 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings)
         if sandbox is not None:
             install_sandbox(app, settings, sandbox)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            shutdown_timeout=settings.shutdown_grace_seconds,
-        )
+        runner = service_runner(app, settings)
+        listeners = [(runner, settings.host, settings.port, settings.max_connections)]
+        asyncio.run(serve_until_signalled(listeners))
     return 0

@@ -62,6 +62,24 @@ class Settings:
         1_048_576, "Largest request or callback body accepted (413 above)."
     )
     max_xml_depth: int = _setting(32, "Deepest nesting accepted in XML/JSON documents.")
+    max_connections: int = _setting(
+        1000,
+        "Most connections open at once per listener; past it the connection idle longest is"
+        " closed to make room (the new one, if every connection is busy).",
+    )
+    idle_timeout_seconds: float = _setting(
+        15.0,
+        "A connection that sends no complete request headers this long after it opened or after"
+        " its last answer is closed (header time-out and keep-alive).",
+    )
+    body_timeout_seconds: float = _setting(
+        30.0, "A request body not wholly received this long after its headers is answered 408."
+    )
+    log_repeat_window_seconds: float = _setting(
+        10.0,
+        "The same log event (logger, level, event) is written once per window; the next one"
+        " after it says how many were dropped (`repeats_dropped`). 0 = write every line.",
+    )
     shutdown_grace_seconds: float = _setting(
         20.0, "On SIGTERM: how long in-flight work may finish before it is released."
     )
@@ -241,6 +259,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_workers",
             "pulsar_consumer_concurrency",
             "pulsar_receiver_queue_size",
+            "max_connections",
         ),
         lambda value: value >= 1,
         "must be at least 1",
@@ -254,6 +273,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "reconcile_seconds",
             "rejected_max_count",
             "pulsar_redelivery_delay_seconds",
+            "idle_timeout_seconds",
+            "body_timeout_seconds",
         ),
         lambda value: value > 0,
         "must be greater than 0",
@@ -269,6 +290,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_latency_ms",
             "emulator_objects_per_prefix",
             "pulsar_max_redeliveries",
+            "log_repeat_window_seconds",
         ),
         lambda value: value >= 0,
         "must be 0 or more",

@@ -13,6 +13,8 @@ from typing import NamedTuple
 from aiohttp import web
 
 from service.app import create_app
+from service.appkeys import SETTINGS
+from service.server import BoundedSite, service_runner
 from service.settings import Settings
 
 START_TIMEOUT = 30.0
@@ -22,14 +24,15 @@ ANSWER_TIMEOUT = 30.0
 
 @asynccontextmanager
 async def listening(app: web.Application) -> AsyncIterator[int]:
-    """The port of ``app`` served on loopback as ``cirelay serve`` serves it (``web.run_app``'s
-    runner: handlers are not cancelled when their client goes; aiohttp's TestServer cancels)."""
-    runner = web.AppRunner(app)
+    """The port of ``app`` served on loopback as ``cirelay serve`` serves it (bounded, with its
+    time-outs; handlers are not cancelled when their client goes, as aiohttp's TestServer does)."""
+    settings = app[SETTINGS]
+    runner = service_runner(app, settings)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port: int = runner.addresses[0][1]
-        yield port
+        site = BoundedSite(runner, "127.0.0.1", 0, max_connections=settings.max_connections)
+        await site.start()
+        yield site.port
     finally:
         await runner.cleanup()
 

@@ -14,6 +14,7 @@ import sqlite3
 import orjson
 from aiohttp import web
 
+from service.api.deadline import body_deadline
 from service.api.errors import ApiError
 from service.appkeys import EVENT_PIPELINE, SETTINGS
 from service.events.store import StoreClosed
@@ -38,9 +39,10 @@ async def receive_callback(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", "no such callback URL")
     pipeline = request.app[EVENT_PIPELINE]
     content_type = request.headers.get("Content-Type", "")
-    body, complete = await _read_bounded(
-        request, settings.max_body_bytes, settings.rejected_body_max_bytes
-    )
+    async with body_deadline(request):
+        body, complete = await _read_bounded(
+            request, settings.max_body_bytes, settings.rejected_body_max_bytes
+        )
     try:
         if not complete:
             message = f"body exceeds {settings.max_body_bytes} bytes"

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from service.api.deadline import body_deadline
 from service.api.errors import ApiError
 from service.api.params import decode_cursor, encode_cursor, parse_limit
 from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
@@ -49,7 +50,8 @@ async def create_job(request: web.Request) -> web.Response:
     content_type = request.headers.get("Content-Type", "")
     if not supported_media_type(content_type):
         raise ApiError(415, "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE)
-    body = await request.read()  # over max_body_bytes: 413 from aiohttp, rendered by middleware
+    async with body_deadline(request):
+        body = await request.read()  # over max_body_bytes: 413 from aiohttp, via the middleware
     try:
         batch = parse_request(body, content_type, max_depth=settings.max_xml_depth)
     except DocumentError as exc:
