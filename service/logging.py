@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -11,18 +12,46 @@ from typing import Any
 
 import structlog
 
+from service.accesslog import ACCESS_FIELDS
+from service.redact import REDACTED, redact_path
 from service.settings import Settings
 
-# Never let a secret reach a log line even if a caller binds one by mistake.
-_REDACTED_KEYS = frozenset(
-    {"authorization", "secret_key", "ci_secret_key", "token", "api_token", "password"}
+# Keys whose values never reach a log line even if a caller binds one by mistake: every setting
+# marked secret, and the header that carries the API token.
+SECRET_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(Settings) if f.metadata["secret"]} | {"authorization"}
 )
+# Secret values shorter than this are not searched for in text: they would match ordinary words.
+_MIN_SECRET_LENGTH = 6
 
 
-def _redact(_: Any, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-    for key in _REDACTED_KEYS.intersection(event):
-        event[key] = "***"
-    return event
+class Redactor:
+    """The last processor before rendering: secret keys' values, callback tokens in any text
+    (messages, paths, rendered tracebacks) and the configured secrets' values are replaced."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._values = tuple(
+            value
+            for name in SECRET_KEYS
+            if len(value := str(getattr(settings, name, ""))) >= _MIN_SECRET_LENGTH
+        )
+
+    def __call__(
+        self, _: Any, __: str, event: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        for key in SECRET_KEYS.intersection(event):
+            event[key] = REDACTED
+        for key, value in event.items():
+            if type(value) is str:
+                event[key] = self._scrub(value)
+        return event
+
+    def _scrub(self, text: str) -> str:
+        text = redact_path(text)
+        for secret in self._values:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
 
 # Distinct events tracked; the least recently seen is forgotten beyond this.
@@ -68,6 +97,10 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
+# Attributes of stdlib records (the access log's fields, the repeat count) kept in the line.
+_EXTRA_FIELDS = structlog.stdlib.ExtraAdder(allow=[REPEATS_DROPPED, *ACCESS_FIELDS])
+
+
 def configure_logging(settings: Settings) -> None:
     fmt = settings.log_format
     if fmt == "auto":
@@ -77,7 +110,6 @@ def configure_logging(settings: Settings) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
     ]
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
@@ -92,10 +124,14 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=[REPEATS_DROPPED])],
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.ExtraAdder(allow=[REPEATS_DROPPED, *ACCESS_FIELDS]),
+        ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            Redactor(settings),
             renderer,
         ],
     )
@@ -107,3 +143,5 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     # The Pulsar C++ client logs every connection at INFO: keep its warnings, not its chatter.
     logging.getLogger("pulsar").setLevel(max(root.level, logging.WARNING))
+    # At DEBUG aiosqlite logs every call with its SQL parameters: whole callback bodies, tokens.
+    logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))

@@ -12,21 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from service.accesslog import AccessLog, ErrorAccessLog
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 def service_runner(app: web.Application, settings: Settings) -> web.AppRunner:
-    """The runner `cirelay serve` serves ``app`` with: idle/header time-out, shutdown grace."""
+    """The runner `cirelay serve` serves ``app`` with: idle/header time-out, shutdown grace, and
+    the access log as configured."""
+    access: dict[str, Any] = (
+        {"access_log": None}
+        if settings.access_log == "off"
+        else {"access_log_class": ErrorAccessLog if settings.access_log == "errors" else AccessLog}
+    )
     return web.AppRunner(
         app,
         keepalive_timeout=settings.idle_timeout_seconds,
         shutdown_timeout=settings.shutdown_grace_seconds,
+        **access,
     )
 
 

@@ -58,6 +58,9 @@ class Settings:
         "auto", "`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
     )
     log_level: str = _setting("info", "Minimum log level.")
+    access_log: Literal["all", "errors", "off"] = _setting(
+        "all", "Access log lines: every request, only answers of 400 and above, or none."
+    )
     max_body_bytes: int = _setting(
         1_048_576, "Largest request or callback body accepted (413 above)."
     )

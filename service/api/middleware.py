@@ -24,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from service.api.errors import ApiError, error_response
 from service.appkeys import METRICS, SETTINGS
 from service.events.store import StoreClosed
+from service.redact import redact_path
 
 log = structlog.get_logger(__name__)
 
@@ -113,16 +114,16 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if not _client_gone(request):
             raise
         # The client's doing, not ours: no traceback, and a status of its own in the metrics.
-        log.info("client_disconnected", path=request.path, error=type(exc).__name__)
+        log.info("client_disconnected", path=redact_path(request.path), error=type(exc).__name__)
         return web.Response(status=CLIENT_CLOSED_REQUEST)
     except _UNAVAILABLE:
-        log.warning("storage_unavailable", path=request.path, exc_info=True)
+        log.warning("storage_unavailable", path=redact_path(request.path), exc_info=True)
         return error_response(503, "unavailable", "the database is unavailable; try again later")
     except _INPUT_ERRORS as exc:
-        log.warning("input_error", path=request.path, exc_info=True)
+        log.warning("input_error", path=redact_path(request.path), exc_info=True)
         return error_response(400, "invalid_input", f"input refused: {type(exc).__name__}")
     except Exception:
-        log.exception("unhandled_error", path=request.path)
+        log.exception("unhandled_error", path=redact_path(request.path))
         return error_response(500, "internal_error", "internal error")
 
 
