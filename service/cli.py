@@ -11,9 +11,14 @@ from collections.abc import Sequence
 import structlog
 
 from service import __version__
-from service.app import create_app
+from service.app import create_admin_app, create_app
 from service.emulator.app import check_emulator, run_emulator
-from service.emulator.sandbox import bind_loopback, install_sandbox, sandbox_settings
+from service.emulator.sandbox import (
+    SANDBOX_HOST,
+    bind_loopback,
+    install_sandbox,
+    sandbox_settings,
+)
 from service.logging import configure_logging
 from service.reference import settings_markdown
 from service.server import serve_until_signalled, service_runner
@@ -68,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.replace(**overrides)
         if sandbox is not None:
             settings = sandbox_settings(settings, sandbox.getsockname()[1])
+            if args.host is None:  # its bearer token is the well-known `sandbox`: loopback only
+                settings = settings.replace(host=SANDBOX_HOST)
         settings.check()
         if args.command == "serve" and sandbox is None:
             settings.check_serve()
@@ -86,5 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             install_sandbox(app, settings, sandbox)
         runner = service_runner(app, settings)
         listeners = [(runner, settings.host, settings.port, settings.max_connections)]
+        if settings.admin_port:
+            admin = service_runner(create_admin_app(app), settings)
+            listeners.append(
+                (admin, settings.admin_host, settings.admin_port, settings.max_connections)
+            )
         asyncio.run(serve_until_signalled(listeners))
     return 0

@@ -21,8 +21,9 @@ from service.settings import Settings
 SECRET_KEYS = frozenset(
     {f.name for f in dataclasses.fields(Settings) if f.metadata["secret"]} | {"authorization"}
 )
-# Secret values shorter than this are not searched for in text: they would match ordinary words.
-_MIN_SECRET_LENGTH = 6
+# Secret values shorter than this are not searched for in text: they would match ordinary words
+# (and the sandbox's well-known token, `sandbox`, is no secret).
+_MIN_SECRET_LENGTH = 12
 
 
 class Redactor:

@@ -385,3 +385,19 @@ async def test_received_at_is_when_it_arrived(cb_client: Client) -> None:
     [(_, event)] = await cb_client.app[EVENT_STORE].feed(job_id="j-time")
     received = datetime.fromisoformat(event["received_at"])
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= received <= after
+
+
+async def test_tokens_of_an_old_secret_verify_while_it_is_listed(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    old = events_settings(tmp_path, CIRELAY_CALLBACK_SECRET="old-secret")
+    rotating = old.replace(callback_secret="new-secret,old-secret")
+    retired = old.replace(callback_secret="new-secret")
+    old_token = callback_token(old.callback_key, "job-signed-before-rotation")
+    body = task_finish_json("jrotation")
+    client = await aiohttp_client(create_app(rotating))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 200
+    client = await aiohttp_client(create_app(retired))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 404
