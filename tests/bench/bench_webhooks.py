@@ -6,7 +6,7 @@ posting the same bodies, in the same run.
 
 The receiver is a bare aiohttp server in a process of its own (answers 204, reads the body), so
 neither side shares its event loop with it. The bodies are canonical TaskFinish events as JSON
-(~2.3 KB), each of a job of its own (no ordering between them).
+(~1.4 KB), each of a job of its own (no ordering between them).
 
 - bare: one ``aiohttp.ClientSession`` posting every body with ``--concurrency`` requests in
   flight: the ceiling of the client library on this machine.
@@ -184,7 +184,7 @@ async def run(args: argparse.Namespace) -> None:
         bodies = [subscription_delivery(event, url).body for event in stored]
         print(
             f"{args.deliveries} deliveries of {statistics.mean(map(len, bodies)):.0f} B,"
-            f" concurrency {args.concurrency}, database {args.database_url or 'sqlite (temp file)'}"
+            f" concurrency {args.concurrency}, database {args.database_url.split('@')[-1] or 'sqlite (temp file)'}"
         )
         results: dict[str, list[float]] = {"bare": [], "dispatch": [], "fanout": []}
         for round_ in range(args.rounds):
@@ -212,7 +212,8 @@ async def run(args: argparse.Namespace) -> None:
             f"  ({best['fanout'] / best['bare']:.2f} x bare)"
         )
     finally:
-        receiver.terminate()
+        if receiver.returncode is None:
+            receiver.terminate()
         await receiver.wait()
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs every benchmark (never part of the test suite): installs wrk if missing, then prints each
 # benchmark's figures and its ratios against the baseline measured in the same run.
-# Usage: tests/bench/run.sh [queue|callbacks|pulsar ...]
+# Usage: tests/bench/run.sh [queue|callbacks|pulsar|webhooks ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v wrk >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 [ -x .venv/bin/python ] || { echo "run ./tests/run.sh once first (it creates .venv)"; exit 2; }
-for bench in "${@:-queue callbacks pulsar}"; do
+for bench in "${@:-queue callbacks pulsar webhooks}"; do
   for name in $bench; do
     echo "==> tests/bench/bench_${name}.py"
     .venv/bin/python -m "tests.bench.bench_${name}"

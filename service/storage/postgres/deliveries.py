@@ -8,7 +8,7 @@ a delivery theirs until it runs out.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import NamedTuple
 
 import asyncpg
 
@@ -76,8 +76,16 @@ _INSERT = (
 _BATCH = 64
 
 
-# One attempt's outcome: the SET clause (values from $3), its values, the id and lease owner.
-_Outcome = tuple[str, tuple[Any, ...], str, str]
+class _Outcome(NamedTuple):
+    """One attempt's outcome, as the columns it sets."""
+
+    delivery_id: str
+    owner: str
+    state: str
+    status: int | None
+    error: str | None
+    retry_at: float | None  # None keeps next_attempt_at
+    delivered_at: float | None
 
 
 class PostgresDeliveries:
@@ -202,11 +210,8 @@ class PostgresDeliveries:
         return sorted((_delivery(row) for row in rows), key=lambda d: d.seq)
 
     async def delivered(self, delivery_id: str, owner: str, *, status: int, now: float) -> bool:
-        return await self._finish_attempt(
-            "state = 'delivered', last_status = $3, last_error = NULL, delivered_at = $4",
-            (status, now),
-            delivery_id,
-            owner,
+        return await self._outcomes.submit(
+            _Outcome(delivery_id, owner, "delivered", status, None, None, now)
         )
 
     async def failed(
@@ -218,39 +223,28 @@ class PostgresDeliveries:
         error: str,
         retry_at: float | None,
     ) -> bool:
-        if retry_at is None:
-            return await self._finish_attempt(
-                "state = 'dead', last_status = $3, last_error = $4",
-                (status, error),
-                delivery_id,
-                owner,
-            )
-        return await self._finish_attempt(
-            "last_status = $3, last_error = $4, next_attempt_at = $5",
-            (status, error, retry_at),
-            delivery_id,
-            owner,
+        state = "pending" if retry_at is not None else "dead"
+        return await self._outcomes.submit(
+            _Outcome(delivery_id, owner, state, status, error, retry_at, None)
         )
 
-    async def _finish_attempt(
-        self, assignments: str, values: tuple[Any, ...], delivery_id: str, owner: str
-    ) -> bool:
-        return await self._outcomes.submit((assignments, values, delivery_id, owner))
-
     async def _commit_outcomes(self, batch: list[_Outcome]) -> list[bool | Exception]:
-        results: list[bool | Exception] = []
-        async with self._db.transaction() as conn:
-            for assignments, values, delivery_id, owner in batch:
-                status = await conn.execute(
-                    f"UPDATE deliveries SET {assignments}, attempts = attempts + 1,"
-                    " lease_owner = NULL, lease_until = NULL"
-                    " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-                    delivery_id,
-                    owner,
-                    *values,
-                )
-                results.append(status == "UPDATE 1")
-        return results
+        # One statement for the whole batch: one round trip, one commit.
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "UPDATE deliveries d SET state = u.state, last_status = u.status,"
+                " last_error = u.error, next_attempt_at = COALESCE(u.retry_at, d.next_attempt_at),"
+                " delivered_at = u.delivered_at, attempts = d.attempts + 1,"
+                " lease_owner = NULL, lease_until = NULL"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],"
+                " $6::float8[], $7::float8[]) AS u(id, owner, state, status, error, retry_at,"
+                " delivered_at)"
+                " WHERE d.id = u.id AND d.lease_owner = u.owner AND d.state = 'pending'"
+                " RETURNING d.id",
+                *(list(column) for column in zip(*batch, strict=True)),
+            )
+        recorded = {row[0] for row in rows}
+        return [outcome.delivery_id in recorded for outcome in batch]
 
     async def next_due(self) -> float | None:
         async with self._db.connection() as conn:
