@@ -182,9 +182,10 @@ async def run(args: argparse.Namespace) -> None:
         await _wait_listening(port)
         stored = events(args.deliveries)
         bodies = [subscription_delivery(event, url).body for event in stored]
+        where = args.database_url.split("@")[-1] or "sqlite (temp file)"  # no password shown
         print(
             f"{args.deliveries} deliveries of {statistics.mean(map(len, bodies)):.0f} B,"
-            f" concurrency {args.concurrency}, database {args.database_url.split('@')[-1] or 'sqlite (temp file)'}"
+            f" concurrency {args.concurrency}, database {where}"
         )
         results: dict[str, list[float]] = {"bare": [], "dispatch": [], "fanout": []}
         for round_ in range(args.rounds):
