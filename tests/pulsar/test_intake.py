@@ -108,6 +108,8 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
         (request_json("bad-bucket"), {"case": "target", "bucket": "Not_A_Bucket"}),
         (request_json("bad-key"), {"case": "key", "idempotency-key": "has space"}),
         (request_json("bad-type"), {"case": "media", "content-type": "text/plain"}),
+        # A CallBack that webhook deliveries would refuse (the cloud metadata address).
+        (request_json("bad-callback", CallBack="http://169.254.169.254/"), {"case": "callback"}),
         (request_json("first"), {"case": "first", "idempotency-key": "k-conflict"}),
         (request_json("second"), {"case": "conflict", "idempotency-key": "k-conflict"}),
     ]
@@ -116,10 +118,13 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
     async with running_app(settings) as client:
         dead = await read_topic(pulsar_client, intake + "-DLQ", len(cases) - 1)
         by_case = {m.properties()["case"]: m for m in dead}
-        assert sorted(by_case) == ["conflict", "document", "key", "media", "rules", "target"]
+        assert sorted(by_case) == [
+            "callback", "conflict", "document", "key", "media", "rules", "target"
+        ]
         reasons = {case: m.properties()["cirelay-reason"] for case, m in by_case.items()}
         assert reasons == {
             "rules": "invalid_request",
+            "callback": "invalid_request",
             "document": "invalid_document",
             "target": "invalid_target",
             "key": "invalid_idempotency_key",
@@ -130,15 +135,18 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
         assert rules == [{"path": "Request.Operation.Tag", "message": "is required"}]
         target = json.loads(by_case["target"].properties()["cirelay-errors"])
         assert target[0]["path"] == "bucket"
+        [callback] = json.loads(by_case["callback"].properties()["cirelay-errors"])
+        assert callback["path"] == "Request.Operation.CallBack"
+        assert "link-local or metadata address 169.254.169.254" in callback["message"]
         assert by_case["document"].data() == b"<Request><Name>x</Name>"  # the body is kept
         await wait_until(
             lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged"
         )
         assert [job["request"]["Name"] for job in await jobs(client)] == ["first"]
         counts = await settled_outcomes(
-            client.app[METRICS].registry, "intake", {"acked": 1, "dead_lettered": 6}
+            client.app[METRICS].registry, "intake", {"acked": 1, "dead_lettered": 7}
         )
-        assert counts == {"acked": 1, "retried": 0, "refused": 0, "dead_lettered": 6}
+        assert counts == {"acked": 1, "retried": 0, "refused": 0, "dead_lettered": 7}
 
 
 async def test_a_database_failure_redelivers_the_job_until_it_is_queued(
