@@ -139,11 +139,16 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[EVENT_STORE] = store
     app[EVENT_PIPELINE] = EventPipeline(
-        store, app[QUEUE], app[METRICS], max_depth=settings.max_xml_depth
+        store,
+        app[QUEUE],
+        app[METRICS],
+        max_depth=settings.max_xml_depth,
+        max_events=settings.max_events_per_callback,
     )
     yield
     # In-flight callbacks finished before cleanup began; commit what they handed over.
     await store.close()
+    app[EVENT_PIPELINE].close()
 
 
 async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
