@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from service.api import callbacks, docs, events, health, jobs, metrics
+from service.api import callbacks, docs, events, health, jobs, metrics, rejected
 from service.api.middleware import request_context
 from service.appkeys import (
     CI_CLIENT,
@@ -212,6 +212,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(jobs.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(events.routes)
+    app.add_routes(rejected.routes)
     return app
 
 

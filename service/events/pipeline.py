@@ -100,27 +100,12 @@ class EventPipeline:
         job (a per-job callback token). Raises ``EventRejected`` after keeping the body."""
         received = datetime.fromtimestamp(self._clock(), UTC)
         try:
-            if len(body) < _OFFLOAD_BYTES:
-                events = self._read(body, content_type, source, received)
-            else:
-                # A big body takes long enough to parse to stall every other request (probes
-                # included): parse it in the parser thread, which the loop preempts. One thread:
-                # more would only compete with the loop for the GIL.
-                events = await asyncio.get_running_loop().run_in_executor(
-                    self._parser, self._read, body, content_type, source, received
-                )
+            events = await self._parse(body, content_type, source, received)
         except EventRejected as exc:
             await self.reject(
                 body, content_type, source=source, reason=exc.reason, message=exc.message
             )
             raise
-        except Exception as exc:
-            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
-            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
-            log.warning("event_parse_failed", source=source, exc_info=True)
-            message = f"the body could not be read: {type(exc).__name__}"
-            await self.reject(body, content_type, source=source, reason=UNREADABLE, message=message)
-            raise EventRejected(UNREADABLE, message) from exc
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
@@ -130,6 +115,35 @@ class EventPipeline:
                 event["cirelay_job_id"] = cirelay_job_id
                 event["batch_id"] = link.batch_id if link is not None else None
         return await self.store(events, link=link)
+
+    async def replay(
+        self, body: bytes, content_type: str, *, source: str, received: datetime
+    ) -> IngestResult:
+        """Run a kept refused body through today's parser and store its events. Raises
+        ``EventRejected`` without keeping the body again: the caller updates the kept row."""
+        return await self.store(await self._parse(body, content_type, source, received))
+
+    async def _parse(
+        self, body: bytes, content_type: str, source: str, received: datetime
+    ) -> list[dict[str, Any]]:
+        """The body's events, or ``EventRejected`` whatever the parser raised."""
+        try:
+            if len(body) < _OFFLOAD_BYTES:
+                return self._read(body, content_type, source, received)
+            # A big body takes long enough to parse to stall every other request (probes
+            # included): parse it in the parser thread, which the loop preempts. One thread:
+            # more would only compete with the loop for the GIL.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._parser, self._read, body, content_type, source, received
+            )
+        except EventRejected:
+            raise
+        except Exception as exc:
+            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
+            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
+            log.warning("event_parse_failed", source=source, exc_info=True)
+            message = f"the body could not be read: {type(exc).__name__}"
+            raise EventRejected(UNREADABLE, message) from exc
 
     def close(self) -> None:
         """Stop the parser thread (after the last ``ingest``)."""
