@@ -1,9 +1,10 @@
 """Drain the durable outbox to ``CIRELAY_PULSAR_OUTPUT_TOPIC``: every new canonical event, as JSON.
 
-The event store writes an outbox row in the same transaction as each new event, so an event stored
-just before a crash is still published after the restart. A row is deleted only after the broker
-acknowledged its message: at least once. The message key is the event's ``job_id`` (CI's JobId;
-the ``event_id`` for events without one), so Key_Shared consumers see each job's events in order.
+The event store marks each new event unpublished in the same statement that stores it, so an event
+stored just before a crash is still published after the restart. The mark is cleared only after the
+broker acknowledged its message: at least once. The message key is the event's ``job_id`` (CI's
+JobId; the ``event_id`` for events without one), so Key_Shared consumers see each job's events in
+order.
 """
 
 from __future__ import annotations
