@@ -163,8 +163,22 @@ class EventPipeline:
             )
         return normalize(parsed, source=source, received_at=received)
 
+    async def claim_batch(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Sequence[str]
+    ) -> None:
+        """CI lists these media jobs under our job's batch (the reconciler's finding): from now
+        on a callback about one of them under another job's token is refused, and events of them
+        already stored under another job (before CI listed them) are moved to this job, counted
+        as ``wrong_batch`` refusals of that attribution."""
+        self.learn_batch(batch_id, media_job_ids)
+        moved = await self._store.reattribute(cirelay_job_id, batch_id, media_job_ids)
+        for source in moved:
+            self._metrics.events_rejected.labels(source, WRONG_BATCH).inc()
+        if moved:
+            log.warning("events_reattributed", job_id=cirelay_job_id, count=len(moved))
+
     def learn_batch(self, batch_id: str, media_job_ids: Sequence[str]) -> None:
-        """Record which batch CI lists these media jobs under (the reconciler calls this)."""
+        """Record which batch CI lists these media jobs under."""
         for job_id in media_job_ids:
             self._batches.pop(job_id, None)
             self._batches[job_id] = batch_id

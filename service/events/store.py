@@ -308,6 +308,23 @@ class EventStore:
                 changed += cur.rowcount
         return changed
 
+    async def reattribute(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
+    ) -> list[str]:
+        """Events of these media jobs (CI lists them under ``batch_id``) that are linked to
+        another job or batch, linked to this job and batch instead; the source of each moved."""
+        moved: list[str] = []
+        async with self._db.transaction() as conn:
+            for chunk in _chunks(list(media_job_ids)):
+                rows = await conn.execute_fetchall(
+                    "UPDATE events SET batch_id = ?, cirelay_job_id = ?"
+                    f" WHERE job_id IN ({marks(chunk)})"
+                    " AND (batch_id != ? OR cirelay_job_id != ?) RETURNING source",
+                    (batch_id, cirelay_job_id, *chunk, batch_id, cirelay_job_id),
+                )
+                moved.extend(row[0] for row in rows)
+        return moved
+
     # --- reads ------------------------------------------------------------------------------
 
     async def feed(
