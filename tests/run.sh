@@ -19,9 +19,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PYTHON" -m venv .venv
 fi
-echo "==> pip install -e .[test]"
+echo "==> pip install -e .[test] (versions pinned by constraints.txt)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 
 echo "==> Apache Pulsar broker jars (tests/pulsar/standalone.sh prepare)"
 tests/pulsar/standalone.sh prepare
@@ -31,6 +31,7 @@ deploy/check.sh install
 
 echo "==> ruff"
 .venv/bin/ruff check service tests
+.venv/bin/ruff format --check service tests
 echo "==> mypy"
 .venv/bin/mypy
 

@@ -93,10 +93,6 @@ class JobRecord:
     finished_at: float | None
     lease_owner: str | None
 
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
 
 class IdempotencyConflict(Exception):
     """The idempotency key is already used by a job enqueued with a different body."""

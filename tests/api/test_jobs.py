@@ -440,3 +440,19 @@ async def test_submission_outcomes_are_pre_initialised(api: Client) -> None:
     sample = api.app[METRICS].registry.get_sample_value
     for outcome in ("created", "adopted", "retry", "dead", "cancelled"):
         assert sample("cirelay_jobs_submitted_total", {"outcome": outcome}) == 0.0
+
+
+async def test_a_request_whose_xml_form_is_over_cis_limit_is_422_naming_it(
+    intake_settings: Settings, auth: dict[str, str], aiohttp_client: ClientFactory
+) -> None:
+    api = await aiohttp_client(create_app(intake_settings.replace(max_body_bytes=1_048_576)))
+    # 400 KB of JSON; each "<" is "&lt;" in XML: 1.6 MB as CI would receive it.
+    status, body = await post_job(api, auth, request_json(UserData="<" * 400_000))
+    assert status == 422
+    assert error(body)["code"] == "request_too_large"
+    assert "1048576" in error(body)["message"]
+    listed = await api.get("/v1/jobs", headers=auth)
+    assert (await listed.json())["jobs"] == []
+    # Under the limit in its XML form too: accepted.
+    status, body = await post_job(api, auth, request_json(UserData="a" * 400_000))
+    assert status == 202

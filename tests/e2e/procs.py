@@ -27,7 +27,7 @@ CALLBACK_SECRET = "e2e-callback-secret"
 START_DEADLINE = 30.0
 
 
-def _environment(settings: Mapping[str, str]) -> dict[str, str]:
+def child_environment(settings: Mapping[str, str]) -> dict[str, str]:
     # The child gets exactly the settings a test chose, never ones leaking from the outer shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
     env.update({"CIRELAY_LOG_FORMAT": "json", **settings})
@@ -92,7 +92,7 @@ def emulator(tmp: Path, **settings: str) -> Process:
         log=tmp / "emulator.log",
         argv=[sys.executable, "-m", "service", "emulator", "--host", "127.0.0.1",
               "--port", str(port)],
-        env=_environment(
+        env=child_environment(
             {
                 "CIRELAY_EMULATOR_CREDENTIALS": f"{SECRET_ID}:{SECRET_KEY}",
                 "CIRELAY_EMULATOR_JOB_SECONDS": "0.05",
@@ -110,7 +110,7 @@ def service(tmp: Path, emulator_url: str, **settings: str) -> Process:
         log=tmp / "service.log",
         argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
               "--port", str(port)],
-        env=_environment(
+        env=child_environment(
             {
                 "CIRELAY_DATABASE_URL": f"sqlite:///{tmp / 'cirelay.db'}",
                 "CIRELAY_API_TOKEN": API_TOKEN,

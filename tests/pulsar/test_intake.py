@@ -265,3 +265,13 @@ async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
             client.app[METRICS].registry, "intake", {"dead_lettered": 1}
         )
         assert counts == {"acked": 0, "retried": 0, "refused": 0, "dead_lettered": 1}
+
+
+def test_read_job_refuses_a_request_whose_xml_form_is_over_cis_limit(tmp_path: Path) -> None:
+    settings = pulsar_settings(
+        tmp_path, _NoBroker(), CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION,
+    )
+    with pytest.raises(InvalidJob) as caught:
+        read_job(request_json(UserData="<" * 400_000), {}, "ref", settings)
+    assert caught.value.code == "request_too_large"
+    assert "1048576" in caught.value.message
