@@ -120,6 +120,7 @@ class Reconciler:
             return
         media = await self._media_jobs(job, batch_id)
         ids = [job_id for job_id in map(_media_job_id, media) if job_id]
+        self._pipeline.learn_batch(batch_id, ids)
         await self._store.link_job(job.id, batch_id, ids)
 
         ended = [d for d in media if _text(d.get("State")) in MEDIA_END_STATES]

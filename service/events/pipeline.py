@@ -28,8 +28,14 @@ from service.timefmt import utc_text
 log = structlog.get_logger(__name__)
 
 EVENT_TYPES = ("TaskFinish", "WorkflowFinish", "BatchFinish")
+# Rejection reason of a body whose parsing raised something other than ``EventRejected``.
+UNREADABLE = "unreadable"
 # Links of recently seen jobs, so a batch's many callbacks cost one job read, not one each.
 _LINK_CACHE_SIZE = 4096
+# Media jobs whose batch CI named (the reconciler's listings): enough for the batches in flight.
+_BATCH_CACHE_SIZE = 65_536
+# Rejection reason of a callback whose media job CI lists under another batch than its token's.
+WRONG_BATCH = "wrong_batch"
 
 
 class IngestResult(NamedTuple):  # a tuple: cheap to build once per callback
@@ -61,6 +67,8 @@ class EventPipeline:
         self._clock = clock
         # Insertion-ordered: when full, the oldest link is dropped (it is only ever re-read).
         self._links: dict[str, _JobLink] = {}
+        # Media job id -> batch id, as CI lists them: what a job token's claim is checked against.
+        self._batches: dict[str, str] = {}
         # A label lookup costs more than the increment; the label sets are few and fixed, and
         # made at once so that every series exists (at 0) before its first event.
         self._received: dict[tuple[str, str, str], Counter] = {
@@ -89,13 +97,52 @@ class EventPipeline:
                 body, content_type, source=source, reason=exc.reason, message=exc.message
             )
             raise
+        except Exception as exc:
+            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
+            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
+            log.warning("event_parse_failed", source=source, exc_info=True)
+            message = f"the body could not be read: {type(exc).__name__}"
+            await self.reject(body, content_type, source=source, reason=UNREADABLE, message=message)
+            raise EventRejected(UNREADABLE, message) from exc
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
+            if link is not None:
+                await self._check_batch(events, link.batch_id, body, content_type, source)
             for event in events:
                 event["cirelay_job_id"] = cirelay_job_id
                 event["batch_id"] = link.batch_id if link is not None else None
         return await self.store(events, link=link)
+
+    def learn_batch(self, batch_id: str, media_job_ids: Sequence[str]) -> None:
+        """Record which batch CI lists these media jobs under (the reconciler calls this)."""
+        for job_id in media_job_ids:
+            self._batches.pop(job_id, None)
+            self._batches[job_id] = batch_id
+        while len(self._batches) > _BATCH_CACHE_SIZE:
+            del self._batches[next(iter(self._batches))]
+
+    async def _check_batch(
+        self,
+        events: Sequence[dict[str, Any]],
+        batch_id: str,
+        body: bytes,
+        content_type: str,
+        source: str,
+    ) -> None:
+        """Refuse a callback under one job's token about a media job of another batch: stored,
+        it would be that job's event, and the real callback would then count as its duplicate."""
+        for event in events:
+            known = self._batches.get(event.get("job_id") or "")
+            if known is not None and known != batch_id:
+                message = (
+                    f"media job {event['job_id']} belongs to batch {known}, not to this"
+                    f" callback URL's batch {batch_id}"
+                )
+                await self.reject(
+                    body, content_type, source=source, reason=WRONG_BATCH, message=message
+                )
+                raise EventRejected(WRONG_BATCH, message)
 
     async def store(
         self, events: Sequence[dict[str, Any]], *, link: _JobLink | None = None
@@ -136,6 +183,8 @@ class EventPipeline:
     ) -> None:
         """Keep a refused delivery's body (bounded) with its reason, and count it."""
         received = datetime.fromtimestamp(self._clock(), UTC)
+        if not content_type.isascii():  # kept as text: bytes that were not UTF-8 become U+FFFD
+            content_type = content_type.encode(errors="replace").decode()
         await self._store.reject(
             received_at=utc_text(received),
             source=source,

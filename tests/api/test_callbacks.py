@@ -1,4 +1,4 @@
-"""`POST /v1/callbacks/{token}` on a real socket and a real SQLite file.
+"""`POST /v1/callbacks/{token}` on a real socket, on a SQLite file and on PostgreSQL.
 
 Every documented callback shape is stored as its canonical event and linked to its job; every kind
 of hostile body is refused with a 4xx JSON error whose code is the reason, and kept for replay.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.appkeys import EVENT_STORE, METRICS, QUEUE, SETTINGS
+from service.appkeys import EVENT_PIPELINE, EVENT_STORE, METRICS, QUEUE, SETTINGS
 from service.ingest.parse import parse_callback
 from service.settings import Settings
+from service.storage import open_storage
 from service.tokens import callback_token
 from tests.events.support import (
     FIXTURES,
@@ -42,9 +42,14 @@ CALLBACK_FILES = sorted(
 )
 
 
+# Parsing, not storage, tells these cases apart: one backend is enough (storing rejected bodies
+# and events is the storage contract suite's, on every backend).
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return events_settings(tmp_path)
+def settings(tmp_path: Path, storage_url: str) -> Settings:
+    return events_settings(tmp_path, CIRELAY_DATABASE_URL=storage_url)
 
 
 @pytest.fixture
@@ -97,6 +102,7 @@ async def test_documented_shapes_are_stored_as_their_canonical_event(
     assert set(stored) == set(expected) | {"format", "document"}
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("stem", sorted(p.stem for p in FIXTURES.glob("*.xml")))
 async def test_xml_and_json_of_one_callback_are_one_event(cb_client: Client, stem: str) -> None:
     token, job_id, _ = await token_for_new_job(cb_client)
@@ -189,6 +195,7 @@ async def test_static_token_events_are_stored_without_a_job(cb_client: Client) -
     assert (event["cirelay_job_id"], event["batch_id"], event["source"]) == (None, None, "http")
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize(
     "token",
     [
@@ -271,6 +278,7 @@ HOSTILE: list[tuple[str, bytes, str, str]] = [
 ]
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize(
     ("body", "ctype", "reason"),
     [pytest.param(b, c, r, id=i) for i, b, c, r in HOSTILE],
@@ -298,6 +306,20 @@ async def test_hostile_bodies_are_refused_kept_and_counted(
     assert job is not None
     assert job.state == "submitted"  # a refused body changes nothing
     assert (await cb_client.get("/healthz")).status == 200
+
+
+async def test_a_nul_in_a_json_callback_is_refused_on_every_backend(cb_client: Client) -> None:
+    # PostgreSQL's text columns cannot hold one: refused as a document, never a 5xx from storage.
+    body = task_finish_json("j\u0000x")
+    assert b"\\u0000" in body
+    resp = await cb_client.post(
+        f"/v1/callbacks/{STATIC_TOKEN}", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "malformed_json"
+    [kept] = await cb_client.app[EVENT_STORE].rejected()
+    assert kept.reason == "malformed_json"
+    assert await cb_client.app[EVENT_STORE].feed() == []
 
 
 async def test_refused_bodies_are_kept_only_up_to_the_limit(
@@ -349,12 +371,8 @@ async def test_concurrent_callbacks_each_answered_after_commit(
     cb_client: Client, settings: Settings
 ) -> None:
     token, job_id, _ = await token_for_new_job(cb_client)
-
-    def committed(media_job_id: str) -> bool:
-        # A separate connection sees committed rows only.
-        with sqlite3.connect(settings.sqlite_path) as conn:
-            row = conn.execute("SELECT 1 FROM events WHERE job_id = ?", (media_job_id,)).fetchone()
-        return row is not None
+    # Another replica's connection sees committed rows only.
+    observer = await open_storage(settings.database_url)
 
     async def post(i: int) -> None:
         media_job_id = f"j-conc-{i}"
@@ -362,9 +380,12 @@ async def test_concurrent_callbacks_each_answered_after_commit(
         resp = await cb_client.post(f"/v1/callbacks/{token}", data=body)
         assert resp.status == 200
         assert (await resp.json())["new"] == 1
-        assert committed(media_job_id)
+        assert await observer.events.job_ids_with("TaskFinish", [media_job_id]) == {media_job_id}
 
-    await asyncio.gather(*(post(i) for i in range(100)))
+    try:
+        await asyncio.gather(*(post(i) for i in range(100)))
+    finally:
+        await observer.close()
     events = await cb_client.app[EVENT_STORE].for_job(job_id)
     assert sorted(e["job_id"] for e in events) == sorted(f"j-conc-{i}" for i in range(100))
 
@@ -385,3 +406,52 @@ async def test_received_at_is_when_it_arrived(cb_client: Client) -> None:
     [(_, event)] = await cb_client.app[EVENT_STORE].feed(job_id="j-time")
     received = datetime.fromisoformat(event["received_at"])
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= received <= after
+
+
+async def test_tokens_of_an_old_secret_verify_while_it_is_listed(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    old = events_settings(tmp_path, CIRELAY_CALLBACK_SECRET="old-secret")
+    rotating = old.replace(callback_secret="new-secret,old-secret")
+    retired = old.replace(callback_secret="new-secret")
+    old_token = callback_token(old.callback_key, "job-signed-before-rotation")
+    body = task_finish_json("jrotation")
+    client = await aiohttp_client(create_app(rotating))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 200
+    client = await aiohttp_client(create_app(retired))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 404
+
+
+async def test_a_media_job_of_another_batch_is_refused_under_a_jobs_token(
+    cb_client: Client,
+) -> None:
+    token_a, job_a, batch_a = await token_for_new_job(cb_client)
+    token_v, job_v, batch_v = await token_for_new_job(cb_client)
+    # What the reconciler learns from CI's listing of the victim's batch.
+    cb_client.app[EVENT_PIPELINE].learn_batch(batch_v, ["jvictim"])
+    body = task_finish_json("jvictim")
+    resp = await cb_client.post(f"/v1/callbacks/{token_a}", data=body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "wrong_batch"
+    assert batch_v in error["message"]
+    rejected = sample(
+        cb_client.app[METRICS].registry,
+        "cirelay_events_rejected_total",
+        source="http",
+        reason="wrong_batch",
+    )
+    assert rejected == 1
+    assert await cb_client.app[EVENT_STORE].for_job(job_a) == []
+    # The real callback, under the victim's own token, is stored as new and as the victim's.
+    resp = await cb_client.post(f"/v1/callbacks/{token_v}", data=body)
+    assert resp.status == 200
+    assert (await resp.json())["new"] == 1
+    [event] = await cb_client.app[EVENT_STORE].for_job(job_v)
+    assert (event["job_id"], event["batch_id"]) == ("jvictim", batch_v)
+    # A media job of the token's own batch is taken as before.
+    cb_client.app[EVENT_PIPELINE].learn_batch(batch_a, ["jown"])
+    resp = await cb_client.post(f"/v1/callbacks/{token_a}", data=task_finish_json("jown"))
+    assert resp.status == 200
