@@ -202,6 +202,7 @@ class JobQueue(Protocol):
         ...
 
     async def wait_changed(self, max_wait: float) -> None:
-        """Return when claimable work may have appeared (this process enqueued or gave a job
-        back), or after ``max_wait`` seconds. Other processes' changes are seen by polling."""
+        """Return when claimable work may have appeared (a job enqueued or given back), or after
+        ``max_wait`` seconds. On SQLite only this process's changes wake it (other processes'
+        are seen by polling); on PostgreSQL every replica's do (``LISTEN``/``NOTIFY``)."""
         ...
