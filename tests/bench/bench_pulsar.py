@@ -119,7 +119,8 @@ def bare_sync_consume(env: dict[str, str], name: str, count: int) -> float:
     )
     started = time.perf_counter()
     consumer = client.subscribe(
-        name, f"bare-sync-{uuid.uuid4().hex[:6]}",
+        name,
+        f"bare-sync-{uuid.uuid4().hex[:6]}",
         consumer_type=pulsar.ConsumerType.Shared,
         initial_position=pulsar.InitialPosition.Earliest,
     )
@@ -135,7 +136,8 @@ async def bare_async_consume(env: dict[str, str], name: str, count: int) -> floa
     client = _async_client(env)
     started = time.perf_counter()
     consumer = await client.subscribe(
-        name, f"bare-async-{uuid.uuid4().hex[:6]}",
+        name,
+        f"bare-async-{uuid.uuid4().hex[:6]}",
         consumer_type=pulsar.ConsumerType.Shared,
         initial_position=pulsar.InitialPosition.Earliest,
     )
@@ -300,7 +302,8 @@ async def run(env: dict[str, str], count: int, rounds: int, concurrency: int) ->
             sync_s = await asyncio.to_thread(bare_sync_consume, env, name, count)
             async_s = await bare_async_consume(env, name, count)
             settings = _settings(
-                workdir, env,
+                workdir,
+                env,
                 CIRELAY_PULSAR_EVENTS_TOPIC=name,
                 CIRELAY_PULSAR_SUBSCRIPTION=f"cirelay-{round_no}",
                 CIRELAY_PULSAR_CONSUMER_CONCURRENCY=str(concurrency),

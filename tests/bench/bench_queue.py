@@ -126,8 +126,20 @@ def _wrk(url: str, seconds: float, connections: int, workdir: Path) -> dict[str,
     body = workdir / "request.json"
     body.write_bytes(request_json("bench", level=1))
     cmd = [
-        "taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}",
-        f"-d{round(seconds)}s", "--latency", "-s", str(script), url, "--", str(body), API_TOKEN,
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{round(seconds)}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(body),
+        API_TOKEN,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return wrk.parse(out)
@@ -138,8 +150,17 @@ def bench_intake(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for kind in ("bare", "cirelay"):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.bench_queue", "--serve", kind, "--port",
-             str(port), "--workdir", str(workdir)],
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.bench_queue",
+                "--serve",
+                kind,
+                "--port",
+                str(port),
+                "--workdir",
+                str(workdir),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -204,8 +225,11 @@ async def _submission(args: argparse.Namespace, workdir: Path, emulator_url: str
             for _ in range(args.jobs):
                 await enqueue(queue, batch, Target(BUCKET, REGION), via="http")
             submitter = Submitter(
-                queue, ci, RateLimiter(settings.ci_rate_limit, settings.ci_concurrency),
-                settings, Metrics(),
+                queue,
+                ci,
+                RateLimiter(settings.ci_rate_limit, settings.ci_concurrency),
+                settings,
+                Metrics(),
             )
             started = time.perf_counter()
             handled = await submitter.run_burst()
@@ -231,9 +255,22 @@ def bench_submission(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         CIRELAY_LOG_LEVEL="warning",
     )
     proc = subprocess.Popen(
-        ["taskset", "-c", str(LOAD_CORE), sys.executable, "-m", "service", "emulator",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            sys.executable,
+            "-m",
+            "service",
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(proc, port, "emulator")
@@ -261,8 +298,19 @@ async def _fill(db: Any, size: int) -> list[str]:
     now = time.time()
     request = json.dumps({"Name": "bench"})
     rows = [
-        (job_id, "media-1250000000", "ap-chongqing", "Transcode", rng.randint(0, 2), request,
-         f"bench-{job_id[:16]}", "", "http", now + i * 1e-6, now + i * 1e-6)
+        (
+            job_id,
+            "media-1250000000",
+            "ap-chongqing",
+            "Transcode",
+            rng.randint(0, 2),
+            request,
+            f"bench-{job_id[:16]}",
+            "",
+            "http",
+            now + i * 1e-6,
+            now + i * 1e-6,
+        )
         for i, job_id in enumerate(ids)
     ]
     async with db.transaction() as conn:
