@@ -43,6 +43,16 @@ def text(node: dict[str, Any], key: str, path: str) -> str | None:
     return text_value(value, f"{path}.{key}")
 
 
+def reported_text(node: dict[str, Any], key: str) -> str | None:
+    """The text of ``node[key]``, ``None`` when it is absent or not text: for what CI reports
+    about its own jobs (a polled JobsDetail), where an unreadable entry is refused later, by
+    ``normalize``, and must not stop the reading of the others."""
+    try:
+        return text(node, key, "")
+    except EventRejected:
+        return None
+
+
 def required_text(node: dict[str, Any], key: str, path: str, reason: str) -> str:
     """The text of ``node[key]``, refusing the callback with ``reason`` when it is absent."""
     value = text(node, key, path)

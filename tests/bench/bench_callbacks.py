@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,11 @@ def _serve(kind: str, port: int, db: str, token_file: str) -> None:
         sys.exit(cli.main(["serve"]))
     configure_logging(settings)
     app = create_app(settings)
-    loop = uvloop.new_event_loop() if os.environ.get("XLOOP") != "asyncio" else asyncio.new_event_loop()
+    loop = (
+        uvloop.new_event_loop()
+        if os.environ.get("XLOOP") != "asyncio"
+        else asyncio.new_event_loop()
+    )
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
@@ -268,26 +272,31 @@ async def _submitted_job(db: str) -> str:
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def _start_server(
+    kind: str, workdir: Path, *, wrapper: Sequence[str] = (), start_seconds: float = 30
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start one server (its command run under ``wrapper``, e.g. valgrind); (process, port,
+    the token of its callback URL)."""
     port = free_port()
     db = workdir / f"{kind}-{port}.db"
     token_file = workdir / f"{kind}-{port}.token"
     # The service's log lines (the access log among them) go where a deployment's would: a file.
     log = (workdir / f"{kind}-{port}.log").open("wb")
     if kind == "peer":
-        cmd = ["taskset", "-c", str(SERVER_CORE), str(peer.binary("http"))]
+        cmd = ["taskset", "-c", str(SERVER_CORE), *wrapper, str(peer.binary("http"))]
         cmd += ["-c", str(peer.config("http.yaml"))]
-        environ = {"PEER_PORT": str(port), "PEER_DB": str(db), "PEER_DIR": str(peer.SOURCE)}
+        environ = {"PEER_PORT": str(port), "PEER_DB": str(db), "PEER_SOURCE": "http"}
+        environ["PEER_DIR"] = str(peer.SOURCE)
         proc = subprocess.Popen(
             cmd, env={**os.environ, **environ}, stdout=subprocess.DEVNULL, stderr=log
         )
     else:
-        cmd = [sys.executable, "-m", "tests.bench.bench_callbacks", "--serve", kind]
+        cmd = [*wrapper, sys.executable, "-m", "tests.bench.bench_callbacks", "--serve", kind]
         cmd += ["--port", str(port), "--db", str(db), "--token-file", str(token_file)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     needs_token = kind.startswith("cirelay")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + start_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{kind} server exited with {proc.returncode}")
