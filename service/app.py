@@ -118,9 +118,7 @@ async def submitter_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.submitter_enabled:
         yield
         return
-    submitter = Submitter(
-        app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], settings, app[METRICS]
-    )
+    submitter = Submitter(app[QUEUE], app[CI_CLIENT], app[RATE_LIMITER], settings, app[METRICS])
     app[SUBMITTER] = submitter
     submitter.start()
     yield
@@ -182,9 +180,7 @@ async def frozen_heap_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[request_context], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[READINESS] = {}

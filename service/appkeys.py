@@ -21,9 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 DB = web.AppKey("db", Database)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-READINESS = web.AppKey(
-    "readiness", dict[str, Callable[[], Awaitable[tuple[bool, str]]]]
-)
+READINESS = web.AppKey("readiness", dict[str, Callable[[], Awaitable[tuple[bool, str]]]])
 QUEUE = web.AppKey[JobQueue]("queue")  # a Protocol: no runtime type to pass
 CI_CLIENT = web.AppKey("ci_client", CIClient)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

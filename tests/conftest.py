@@ -33,8 +33,6 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-
-
 @pytest.fixture
 async def client(
     settings: Settings, aiohttp_client: Callable[..., Awaitable[TestClient]]

@@ -27,8 +27,7 @@ def tools() -> dict[str, Path]:
     )
     assert done.returncode == 0, done.stderr
     return {
-        name: Path(path)
-        for name, path in (line.split("=", 1) for line in done.stdout.splitlines())
+        name: Path(path) for name, path in (line.split("=", 1) for line in done.stdout.splitlines())
     }
 
 

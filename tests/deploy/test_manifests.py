@@ -19,8 +19,7 @@ K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # as pinned in deploy/check.sh
 
 SECRET_SETTINGS = {
-    env_name(name): meta.metadata["secret"]
-    for name, meta in Settings.__dataclass_fields__.items()
+    env_name(name): meta.metadata["secret"] for name, meta in Settings.__dataclass_fields__.items()
 }
 
 
@@ -59,7 +58,9 @@ def compose_config(tools: dict[str, Path]) -> dict[str, Any]:
     """deploy/compose.yaml as docker compose resolves it (interpolated, paths absolute)."""
     done = subprocess.run(
         [str(tools["compose"]), "-f", str(DEPLOY / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     config: dict[str, Any] = json.loads(done.stdout)
@@ -177,8 +178,8 @@ def test_promtool_rejects_a_config_whose_rule_file_is_missing(
         ),
         (
             "prometheusrule.yaml",
-            "    - alert: CirelayDown\n      expr: up{job=\"cirelay\"} == 0\n      for: 5m",
-            "    - alert: CirelayDown\n      expr: up{job=\"cirelay\"} == 0\n      for: 5 minutes",
+            '    - alert: CirelayDown\n      expr: up{job="cirelay"} == 0\n      for: 5m',
+            '    - alert: CirelayDown\n      expr: up{job="cirelay"} == 0\n      for: 5 minutes',
             "does not match pattern",
         ),
     ],
@@ -330,9 +331,9 @@ def test_the_service_and_service_monitor_reach_the_container() -> None:
     assert sorted(ports) == ["admin", "http"]
     targets = {port["targetPort"] for port in ports.values()}
     assert targets == {p["name"] for p in container()["ports"]}
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
-        "labels"
-    ].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "admin"  # metrics on the management listener, not the public port
     assert endpoint["path"] == "/metrics"

@@ -97,7 +97,11 @@ async def test_processes_sharing_the_file_never_claim_the_same_job(
     path = str(tmp_path / "queue.db")
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.queue.claimer", path, f"proc{i}",
+            sys.executable,
+            "-m",
+            "tests.queue.claimer",
+            path,
+            f"proc{i}",
             stdout=asyncio.subprocess.PIPE,
         )
         for i in range(4)
@@ -141,8 +145,12 @@ async def test_retry_later_can_count_an_attempt_without_sending(queue: SQLiteJob
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
     assert await queue.retry_later(
-        job.id, "w", error=JobError("Timeout", "lookup failed"), available_at=T0,
-        in_doubt=True, count_attempt=True,
+        job.id,
+        "w",
+        error=JobError("Timeout", "lookup failed"),
+        available_at=T0,
+        in_doubt=True,
+        count_attempt=True,
     )
     stored = await queue.get(job.id)
     assert stored is not None
@@ -250,8 +258,13 @@ async def test_depth_oldest_age_and_next_available(queue: SQLiteJobQueue) -> Non
 
     depth = await queue.depth_by_state()
     assert depth == {
-        "queued": 1, "submitted": 1, "running": 0, "succeeded": 0, "failed": 0,
-        "cancelled": 0, "dead": 0,
+        "queued": 1,
+        "submitted": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "dead": 0,
     }
     assert await queue.oldest_queued_age(T0 + 10) == 5.0
     assert await queue.next_available_at() == T0 + 5
@@ -288,9 +301,7 @@ async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
     await SQLiteJobQueue.open(db)
     await SQLiteJobQueue.open(db)
     async with db.exclusive() as conn:
-        cur = await conn.execute(
-            "SELECT version FROM schema_migrations WHERE component = 'queue'"
-        )
+        cur = await conn.execute("SELECT version FROM schema_migrations WHERE component = 'queue'")
         rows = await cur.fetchall()
     assert [r[0] for r in rows] == [1]
 
