@@ -98,9 +98,7 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
-async def serve_until_signalled(
-    sites: list[tuple[web.AppRunner, str, int, int]], *, on_started: str = "listening"
-) -> None:
+async def serve_until_signalled(sites: list[tuple[web.AppRunner, str, int, int]]) -> None:
     """Start each (runner, host, port, max connections) listener; stop on SIGTERM or SIGINT.
 
     The runners' cleanup gives in-flight requests their ``shutdown_timeout``, then runs the apps'
@@ -117,7 +115,7 @@ async def serve_until_signalled(
                 runners.append(runner)
             site = BoundedSite(runner, host, port, max_connections=max_connections)
             await site.start()
-            log.info(on_started, url=site.name)
+            log.info("listening", url=site.name)
         await stop.wait()
     finally:
         for runner in reversed(runners):
