@@ -90,8 +90,16 @@ def emulator(tmp: Path, **settings: str) -> Process:
         name="emulator",
         port=port,
         log=tmp / "emulator.log",
-        argv=[sys.executable, "-m", "service", "emulator", "--host", "127.0.0.1",
-              "--port", str(port)],
+        argv=[
+            sys.executable,
+            "-m",
+            "service",
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=child_environment(
             {
                 "CIRELAY_EMULATOR_CREDENTIALS": f"{SECRET_ID}:{SECRET_KEY}",
@@ -108,8 +116,7 @@ def service(tmp: Path, emulator_url: str, **settings: str) -> Process:
         name="service",
         port=port,
         log=tmp / "service.log",
-        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
-              "--port", str(port)],
+        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=child_environment(
             {
                 "CIRELAY_DATABASE_URL": f"sqlite:///{tmp / 'cirelay.db'}",

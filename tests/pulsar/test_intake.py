@@ -49,13 +49,20 @@ async def test_valid_jobs_are_queued_then_acknowledged(
 ) -> None:
     intake = topic("jobs")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     await publish(
-        pulsar_client, intake, [request_json("from-json", level=2)],
-        {"content-type": "application/json", "idempotency-key": "k-1",
-         "bucket": "other-1250000000", "region": "ap-beijing"},
+        pulsar_client,
+        intake,
+        [request_json("from-json", level=2)],
+        {
+            "content-type": "application/json",
+            "idempotency-key": "k-1",
+            "bucket": "other-1250000000",
+            "region": "ap-beijing",
+        },
     )
     # No properties at all: the format is sniffed, the target is the configured default.
     await publish(pulsar_client, intake, [request_xml("from-xml")])
@@ -82,7 +89,8 @@ async def test_a_repeated_idempotency_key_is_one_job(
 ) -> None:
     intake = topic("jobs-idem")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     body = request_json("twice")
@@ -97,7 +105,8 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
 ) -> None:
     intake = topic("jobs-bad")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     no_tag = request_tree("no-tag")
@@ -131,9 +140,7 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
         target = json.loads(by_case["target"].properties()["cirelay-errors"])
         assert target[0]["path"] == "bucket"
         assert by_case["document"].data() == b"<Request><Name>x</Name>"  # the body is kept
-        await wait_until(
-            lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged"
-        )
+        await wait_until(lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged")
         assert [job["request"]["Name"] for job in await jobs(client)] == ["first"]
         counts = await settled_outcomes(
             client.app[METRICS].registry, "intake", {"acked": 1, "dead_lettered": 6}
@@ -146,7 +153,8 @@ async def test_a_database_failure_redelivers_the_job_until_it_is_queued(
 ) -> None:
     intake = topic("jobs-transient")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     db = Path(settings.sqlite_path)
@@ -199,7 +207,10 @@ def test_read_job_needs_a_target(tmp_path: Path) -> None:
 
 def test_read_job_refuses_a_body_over_the_limit(tmp_path: Path) -> None:
     settings = pulsar_settings(
-        tmp_path, _NoBroker(), CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION,
+        tmp_path,
+        _NoBroker(),
+        CIRELAY_CI_BUCKET=BUCKET,
+        CIRELAY_CI_REGION=REGION,
         CIRELAY_MAX_BODY_BYTES="64",
     )
     with pytest.raises(InvalidJob) as caught:
@@ -252,7 +263,8 @@ async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
 ) -> None:
     intake = topic("jobs-raises")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     # An integer past Python's int-conversion limit: the parser raises, the message is at fault.
@@ -269,7 +281,10 @@ async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
 
 def test_read_job_refuses_a_request_whose_xml_form_is_over_cis_limit(tmp_path: Path) -> None:
     settings = pulsar_settings(
-        tmp_path, _NoBroker(), CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION,
+        tmp_path,
+        _NoBroker(),
+        CIRELAY_CI_BUCKET=BUCKET,
+        CIRELAY_CI_REGION=REGION,
     )
     with pytest.raises(InvalidJob) as caught:
         read_job(request_json(UserData="<" * 400_000), {}, "ref", settings)
