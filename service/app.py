@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from service.api import callbacks, deliveries, docs, events, health, jobs, metrics
+from service.api import callbacks, deliveries, docs, events, health, jobs, metrics, rejected
 from service.api.middleware import request_context
 from service.appkeys import (
     CI_CLIENT,
@@ -136,9 +136,14 @@ async def submitter_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVENT_PIPELINE] = EventPipeline(
-        app[EVENT_STORE], app[QUEUE], app[METRICS], max_depth=app[SETTINGS].max_xml_depth
+        app[EVENT_STORE],
+        app[QUEUE],
+        app[METRICS],
+        max_depth=app[SETTINGS].max_xml_depth,
+        max_events=app[SETTINGS].max_events_per_callback,
     )
     yield
+    app[EVENT_PIPELINE].close()
 
 
 async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,6 +207,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(jobs.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(events.routes)
+    app.add_routes(rejected.routes)
     app.add_routes(deliveries.routes)
     return app
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 import structlog
+import uvloop
 
 from service import __version__
 from service.app import create_admin_app, create_app
@@ -98,5 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listeners.append(
                 (admin, settings.admin_host, settings.admin_port, settings.max_connections)
             )
-        asyncio.run(serve_until_signalled(listeners))
+        # uvloop: its sockets, timers and thread handoffs (the database thread's answers) take a
+        # fraction of asyncio's own loop's time on every request.
+        uvloop.run(serve_until_signalled(listeners))
     return 0

@@ -21,6 +21,7 @@ from service.queue import JobQueue, JobRecord, NewJob, Via
 from service.request import BatchRequest, RequestInvalid
 from service.request.model import TAGS
 from service.settings import Settings, env_name
+from service.submitter import request_xml
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,8 @@ IDEMPOTENCY_KEY_LIMIT = 200
 # many, so that a pathological body cannot make an answer many times its own size.
 REPORTED_ERRORS = 100
 UNSUPPORTED_MEDIA_TYPE = "send the Request as application/json or application/xml"
+# CI refuses a request body larger than this (EntityTooLarge).
+CI_BODY_LIMIT = 1_048_576
 
 # The same shapes the CI client accepts when it builds `<bucket>.ci.<region>.myqcloud.com`.
 _BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -47,6 +50,21 @@ class IntakeError(ValueError):
         self.code = code
         self.field = field
         self.message = message
+
+
+class SubmissionTooLarge(ValueError):
+    """The Request's XML form, as it would be sent to CI, is over CI's body limit."""
+
+
+def check_submission_size(settings: Settings, request: BatchRequest) -> None:
+    """Refuse now a Request that CI would refuse as EntityTooLarge after it was accepted."""
+    # Any job id gives a Name and a callback token of the same length as the real ones.
+    job_id = "0" * len(new_job_id())
+    xml = request_xml(settings, request.to_tree(), job_id, submission_name(request.name, job_id))
+    if len(xml) > CI_BODY_LIMIT:
+        raise SubmissionTooLarge(
+            f"the Request's XML form is {len(xml)} bytes; CI takes at most {CI_BODY_LIMIT}"
+        )
 
 
 def supported_media_type(content_type: str) -> bool:

@@ -34,6 +34,7 @@ from service.ci.errors import CIError
 from service.ci.xml import BatchJob
 from service.events.pipeline import EventPipeline
 from service.identity import process_owner
+from service.ingest.document import reported_text
 from service.ingest.normalize import batch_finish_event, normalize, parse_ci_time
 from service.ingest.parse import EventRejected, ParsedCallback
 from service.metrics import Metrics
@@ -119,21 +120,21 @@ class Reconciler:
             log.warning("batch_unknown_at_ci", job_id=job.id, ci_job_id=batch_id)
             return
         media = await self._media_jobs(job, batch_id)
-        ids = [job_id for job_id in map(_media_job_id, media) if job_id]
-        self._pipeline.learn_batch(batch_id, ids)
+        ids = [job_id for detail in media if (job_id := reported_text(detail, "JobId"))]
         await self._store.link_job(job.id, batch_id, ids)
+        await self._pipeline.claim_batch(job.id, batch_id, ids)
 
-        ended = [d for d in media if _text(d.get("State")) in MEDIA_END_STATES]
+        ended = [d for d in media if reported_text(d, "State") in MEDIA_END_STATES]
         have = await self._store.job_ids_with(
-            "TaskFinish", [job_id for job_id in map(_media_job_id, ended) if job_id]
+            "TaskFinish", [job_id for d in ended if (job_id := reported_text(d, "JobId"))]
         )
         now = self._clock()
         batch_end = _epoch(batch.end_time)
         waiting = 0
         for detail in ended:
-            if _media_job_id(detail) in have:
+            if reported_text(detail, "JobId") in have:
                 continue
-            ended_at = _epoch(_text(detail.get("EndTime"))) or batch_end
+            ended_at = _epoch(reported_text(detail, "EndTime")) or batch_end
             if ended_at is None or now < ended_at + self._grace:
                 waiting += 1  # its callback may still come
                 continue
@@ -188,7 +189,7 @@ class Reconciler:
         result = await self._pipeline.store(events)
         if result.new_events:
             self._metrics.events_reconciled.inc(result.new_events)
-            log.info("event_reconciled", job_id=job.id, media_job_id=_media_job_id(detail))
+            log.info("event_reconciled", job_id=job.id, media_job_id=reported_text(detail, "JobId"))
 
     async def _finish(self, job: JobRecord, batch: BatchJob, end_state: FinishState) -> None:
         now = self._clock()
@@ -217,14 +218,6 @@ class Reconciler:
         if created_at is not None and ended_at is not None:
             self._metrics.job_duration.labels(job.tag).observe(max(0.0, ended_at - created_at))
         log.info("job_finished", job_id=job.id, ci_job_id=batch.job_id, state=end_state)
-
-
-def _media_job_id(detail: dict[str, Any]) -> str | None:
-    return _text(detail.get("JobId"))
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 def _epoch(stamp: str | None) -> float | None:

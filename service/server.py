@@ -22,6 +22,11 @@ from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# After an answer given before its body was read (404, 408, 413), the rest of the body is drained
+# this long so the client can read the answer; aiohttp's 10 s would let a client that trickles
+# its body hold a busy connection (one the bound cannot evict) for 10 s more.
+LINGER_SECONDS = 2.0
+
 
 def service_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The runner `cirelay serve` serves ``app`` with: idle/header time-out, shutdown grace, and
@@ -34,6 +39,7 @@ def service_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     return web.AppRunner(
         app,
         keepalive_timeout=settings.idle_timeout_seconds,
+        lingering_time=LINGER_SECONDS,
         shutdown_timeout=settings.shutdown_grace_seconds,
         **access,
     )
@@ -92,9 +98,7 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
-async def serve_until_signalled(
-    sites: list[tuple[web.AppRunner, str, int, int]], *, on_started: str = "listening"
-) -> None:
+async def serve_until_signalled(sites: list[tuple[web.AppRunner, str, int, int]]) -> None:
     """Start each (runner, host, port, max connections) listener; stop on SIGTERM or SIGINT.
 
     The runners' cleanup gives in-flight requests their ``shutdown_timeout``, then runs the apps'
@@ -111,7 +115,7 @@ async def serve_until_signalled(
                 runners.append(runner)
             site = BoundedSite(runner, host, port, max_connections=max_connections)
             await site.start()
-            log.info(on_started, url=site.name)
+            log.info("listening", url=site.name)
         await stop.wait()
     finally:
         for runner in reversed(runners):

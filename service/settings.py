@@ -147,6 +147,9 @@ class Settings:
     reconcile_grace_seconds: float = _setting(
         60.0, "How long after a media job ends its callback may still arrive before it is polled."
     )
+    max_events_per_callback: int = _setting(
+        1000, "JobsDetail entries one callback may carry; more is refused (`too_many_events`)."
+    )
     rejected_body_max_bytes: int = _setting(65_536, "Bytes of a refused callback body kept.")
     rejected_max_count: int = _setting(
         10_000, "Refused callbacks kept for replay; the oldest are dropped beyond this."
@@ -376,6 +379,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "webhook_destination_concurrency",
             "webhook_breaker_failures",
             "max_connections",
+            "max_events_per_callback",
         ),
         lambda value: value >= 1,
         "must be at least 1",

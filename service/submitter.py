@@ -19,7 +19,7 @@ import asyncio
 import copy
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -69,23 +69,34 @@ class BatchJobs(Protocol):
 def callback_url(settings: Settings, job: JobRecord) -> str | None:
     """Where CI should call back for ``job``, or None to leave the Request's choice alone: when
     the Request asked for TDMQ delivery or no callbacks (``no``), or no public URL is set."""
-    operation = job.request.get("Operation", {})
-    if operation.get("CallBackType") == "TDMQ" or operation.get("CallBack") == "no":
-        return None
-    if not settings.public_url:
-        return None
-    token = callback_token(settings.callback_key, job.id)
-    return f"{settings.public_url.rstrip('/')}/v1/callbacks/{token}"
+    return _callback_url(settings, job.request, job.id)
 
 
 def submission_xml(settings: Settings, job: JobRecord) -> bytes:
     """The body sent to CI: the stored Request under its unique Name and cirelay's CallBack."""
-    tree: dict[str, Any] = copy.deepcopy(dict(job.request))
-    tree["Name"] = job.submit_name
-    url = callback_url(settings, job)
+    return request_xml(settings, job.request, job.id, job.submit_name)
+
+
+def request_xml(
+    settings: Settings, request: Mapping[str, Any], job_id: str, submit_name: str
+) -> bytes:
+    """``request`` as it is sent to CI for job ``job_id`` under ``submit_name``."""
+    tree: dict[str, Any] = copy.deepcopy(dict(request))
+    tree["Name"] = submit_name
+    url = _callback_url(settings, request, job_id)
     if url is not None:
         tree["Operation"]["CallBack"] = url
     return request_from_tree(tree).to_xml()
+
+
+def _callback_url(settings: Settings, request: Mapping[str, Any], job_id: str) -> str | None:
+    operation = request.get("Operation", {})
+    if operation.get("CallBackType") == "TDMQ" or operation.get("CallBack") == "no":
+        return None
+    if not settings.public_url:
+        return None
+    token = callback_token(settings.callback_key, job_id)
+    return f"{settings.public_url.rstrip('/')}/v1/callbacks/{token}"
 
 
 async def find_submission(ci: BatchJobs, job: JobRecord) -> str | None:

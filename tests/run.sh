@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
-# PostgreSQL's server binaries for tests/postgres/server.sh (pg_config names their directory).
-command -v pg_config >/dev/null 2>&1 || need_apt+=(postgresql)
+# PostgreSQL's server binaries for tests/postgres/server.sh (pg_config names their directory;
+# libpq-dev alone brings a pg_config but no server, so look for the server itself).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -19,9 +20,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PYTHON" -m venv .venv
 fi
-echo "==> pip install -e .[test]"
+echo "==> pip install -e .[test] (versions pinned by constraints.txt)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 
 echo "==> Apache Pulsar broker jars (tests/pulsar/standalone.sh prepare)"
 tests/pulsar/standalone.sh prepare
@@ -31,6 +32,7 @@ deploy/check.sh install
 
 echo "==> ruff"
 .venv/bin/ruff check service tests
+.venv/bin/ruff format --check service tests
 echo "==> mypy"
 .venv/bin/mypy
 

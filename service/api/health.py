@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from service.appkeys import READINESS
 
 routes = web.RouteTableDef()
-
-# A readiness check answers (ok, detail); components register theirs under a name.
-ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 @routes.get("/healthz")

@@ -25,7 +25,9 @@ from service.control import JobNotFound, JobStateConflict, cancel_job, retry_job
 from service.intake import (
     UNSUPPORTED_MEDIA_TYPE,
     IntakeError,
+    SubmissionTooLarge,
     check_idempotency_key,
+    check_submission_size,
     enqueue,
     resolve_target,
     rule_errors,
@@ -75,6 +77,10 @@ async def create_job(request: web.Request) -> web.Response:
         log.warning("request_unreadable", exc_info=True)
         message = f"the body could not be read: {type(exc).__name__}"
         raise ApiError(400, "invalid_document", message, [{"reason": "unreadable"}]) from None
+    try:
+        check_submission_size(settings, batch)
+    except SubmissionTooLarge as exc:
+        raise ApiError(422, "request_too_large", str(exc)) from None
     try:
         job, created = await enqueue(
             request.app[QUEUE],

@@ -114,7 +114,7 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return response
     except _HANG_UPS as exc:
         if not _client_gone(request):
-            raise
+            return _internal_error(request)
         # The client's doing, not ours: no traceback, and a status of its own in the metrics.
         log.info("client_disconnected", path=redact_path(request.path), error=type(exc).__name__)
         return web.Response(status=CLIENT_CLOSED_REQUEST)
@@ -122,8 +122,12 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         log.warning("input_error", path=redact_path(request.path), exc_info=True)
         return error_response(400, "invalid_input", f"input refused: {type(exc).__name__}")
     except Exception:
-        log.exception("unhandled_error", path=redact_path(request.path))
-        return error_response(500, "internal_error", "internal error")
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("unhandled_error", path=redact_path(request.path))
+    return error_response(500, "internal_error", "internal error")
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -7,6 +7,8 @@ delivery (2xx, Pulsar ack) once ``ingest`` returns: the events are committed by 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import itertools
 import time
@@ -34,6 +36,10 @@ UNREADABLE = "unreadable"
 _LINK_CACHE_SIZE = 4096
 # Media jobs whose batch CI named (the reconciler's listings): enough for the batches in flight.
 _BATCH_CACHE_SIZE = 65_536
+# Rejection reason of a callback with more JobsDetail entries than CIRELAY_MAX_EVENTS_PER_CALLBACK.
+TOO_MANY_EVENTS = "too_many_events"
+# Bodies from this size on are parsed in a worker thread instead of on the event loop.
+_OFFLOAD_BYTES = 64 * 1024
 # Rejection reason of a callback whose media job CI lists under another batch than its token's.
 WRONG_BATCH = "wrong_batch"
 
@@ -66,12 +72,16 @@ class EventPipeline:
         metrics: Metrics,
         *,
         max_depth: int,
+        max_events: int = 1000,  # CIRELAY_MAX_EVENTS_PER_CALLBACK's default
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._queue = queue
         self._metrics = metrics
         self._max_depth = max_depth
+        self._max_events = max_events
+        # Started on first use (a body of _OFFLOAD_BYTES or more); stopped by close().
+        self._parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parser")
         self._clock = clock
         # Insertion-ordered: when full, the oldest link is dropped (it is only ever re-read).
         self._links: dict[str, _JobLink] = {}
@@ -101,20 +111,12 @@ class EventPipeline:
         job (a per-job callback token). Raises ``EventRejected`` after keeping the body."""
         received = datetime.fromtimestamp(self._clock(), UTC)
         try:
-            parsed = parse_callback(body, content_type, max_depth=self._max_depth)
-            events = normalize(parsed, source=source, received_at=received)
+            events = await self._parse(body, content_type, source, received)
         except EventRejected as exc:
             await self.reject(
                 body, content_type, source=source, reason=exc.reason, message=exc.message
             )
             raise
-        except Exception as exc:
-            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
-            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
-            log.warning("event_parse_failed", source=source, exc_info=True)
-            message = f"the body could not be read: {type(exc).__name__}"
-            await self.reject(body, content_type, source=source, reason=UNREADABLE, message=message)
-            raise EventRejected(UNREADABLE, message) from exc
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
@@ -130,8 +132,69 @@ class EventPipeline:
                 )
         return await self.store(events, link=link)
 
+    async def replay(
+        self, body: bytes, content_type: str, *, source: str, received: datetime
+    ) -> IngestResult:
+        """Run a kept refused body through today's parser and store its events. Raises
+        ``EventRejected`` without keeping the body again: the caller updates the kept row."""
+        return await self.store(await self._parse(body, content_type, source, received))
+
+    async def _parse(
+        self, body: bytes, content_type: str, source: str, received: datetime
+    ) -> list[dict[str, Any]]:
+        """The body's events, or ``EventRejected`` whatever the parser raised."""
+        try:
+            if len(body) < _OFFLOAD_BYTES:
+                return self._read(body, content_type, source, received)
+            # A big body takes long enough to parse to stall every other request (probes
+            # included): parse it in the parser thread, which the loop preempts. One thread:
+            # more would only compete with the loop for the GIL.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._parser, self._read, body, content_type, source, received
+            )
+        except EventRejected:
+            raise
+        except Exception as exc:
+            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
+            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
+            log.warning("event_parse_failed", source=source, exc_info=True)
+            message = f"the body could not be read: {type(exc).__name__}"
+            raise EventRejected(UNREADABLE, message) from exc
+
+    def close(self) -> None:
+        """Stop the parser thread (after the last ``ingest``)."""
+        self._parser.shutdown(wait=True)
+
+    def _read(
+        self, body: bytes, content_type: str, source: str, received: datetime
+    ) -> list[dict[str, Any]]:
+        """Parse and normalise one body (pure, so it may run in a worker thread)."""
+        parsed = parse_callback(body, content_type, max_depth=self._max_depth)
+        details = parsed.body.get("JobsDetail")
+        if isinstance(details, list) and len(details) > self._max_events:
+            raise EventRejected(
+                TOO_MANY_EVENTS,
+                f"{len(details)} JobsDetail entries; at most {self._max_events}"
+                " (CIRELAY_MAX_EVENTS_PER_CALLBACK)",
+            )
+        return normalize(parsed, source=source, received_at=received)
+
+    async def claim_batch(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Sequence[str]
+    ) -> None:
+        """CI lists these media jobs under our job's batch (the reconciler's finding): from now
+        on a callback about one of them under another job's token is refused, and events of them
+        already stored under another job (before CI listed them) are moved to this job, counted
+        as ``wrong_batch`` refusals of that attribution."""
+        self.learn_batch(batch_id, media_job_ids)
+        moved = await self._store.reattribute(cirelay_job_id, batch_id, media_job_ids)
+        for source in moved:
+            self._metrics.events_rejected.labels(source, WRONG_BATCH).inc()
+        if moved:
+            log.warning("events_reattributed", job_id=cirelay_job_id, count=len(moved))
+
     def learn_batch(self, batch_id: str, media_job_ids: Sequence[str]) -> None:
-        """Record which batch CI lists these media jobs under (the reconciler calls this)."""
+        """Record which batch CI lists these media jobs under."""
         for job_id in media_job_ids:
             self._batches.pop(job_id, None)
             self._batches[job_id] = batch_id

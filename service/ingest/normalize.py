@@ -15,15 +15,18 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from service.ingest.parse import (
+from service.ingest.document import (
     EventRejected,
-    ParsedCallback,
+    items,
     job_details,
+    node,
+    nodes,
     required_text,
-    single_node,
+    text,
     text_value,
     workflow_execution,
 )
+from service.ingest.parse import ParsedCallback
 from service.timefmt import utc_text
 
 SCHEMA_VERSION = 1
@@ -119,8 +122,8 @@ def batch_finish_event(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
-    operation = _node(batch, "Operation", "") or {}
-    batch_input = _node(batch, "Input", "") or {}
+    operation = node(batch, "Operation", "") or {}
+    batch_input = node(batch, "Input", "") or {}
     selector = None
     for key in ("Object", "Prefix", "Manifest", "UrlFile"):
         selector = text_value(batch_input.get(key), f"Input.{key}")
@@ -166,9 +169,9 @@ def _task_finish(
 ) -> dict[str, Any]:
     job_id = required_text(detail, "JobId", path, "missing_job_id")
     state = required_text(detail, "State", path, "missing_state")
-    operation = _node(detail, "Operation", path) or {}
-    job_input = _node(detail, "Input", path) or {}
-    workflow = _node(detail, "Workflow", path)
+    operation = node(detail, "Operation", path) or {}
+    job_input = node(detail, "Input", path) or {}
+    workflow = node(detail, "Workflow", path)
     return _event(
         event_type="TaskFinish",
         subject_id=job_id,
@@ -177,30 +180,30 @@ def _task_finish(
         job_id=job_id,
         batch_id=None,
         cirelay_job_id=None,
-        tag=_text(detail, "Tag", path),
+        tag=text(detail, "Tag", path),
         state=state,
-        code=_text(detail, "Code", path),
-        message=_text(detail, "Message", path),
-        queue_id=_text(detail, "QueueId", path),
+        code=text(detail, "Code", path),
+        message=text(detail, "Message", path),
+        queue_id=text(detail, "QueueId", path),
         created_at=_ci_time(detail, "CreationTime", path),
         started_at=_ci_time(detail, "StartTime", path),
         ended_at=_ci_time(detail, "EndTime", path),
         input_ref=_ref(
-            _text(job_input, "BucketId", f"{path}.Input")
-            or _text(job_input, "Bucket", f"{path}.Input"),
-            _text(job_input, "Region", f"{path}.Input"),
-            _key(_text(job_input, "Object", f"{path}.Input")),
+            text(job_input, "BucketId", f"{path}.Input")
+            or text(job_input, "Bucket", f"{path}.Input"),
+            text(job_input, "Region", f"{path}.Input"),
+            _key(text(job_input, "Object", f"{path}.Input")),
         ),
         outputs=_task_outputs(operation, state, f"{path}.Operation"),
-        user_data=_text(operation, "UserData", f"{path}.Operation"),
+        user_data=text(operation, "UserData", f"{path}.Operation"),
         job_level=_job_level(operation.get("JobLevel"), f"{path}.Operation.JobLevel"),
         workflow=None
         if workflow is None
         else {
-            "workflow_id": _text(workflow, "WorkflowId", f"{path}.Workflow"),
-            "workflow_name": _text(workflow, "WorkflowName", f"{path}.Workflow"),
-            "run_id": _text(workflow, "RunId", f"{path}.Workflow"),
-            "name": _text(workflow, "Name", f"{path}.Workflow"),
+            "workflow_id": text(workflow, "WorkflowId", f"{path}.Workflow"),
+            "workflow_name": text(workflow, "WorkflowName", f"{path}.Workflow"),
+            "run_id": text(workflow, "RunId", f"{path}.Workflow"),
+            "name": text(workflow, "Name", f"{path}.Workflow"),
         },
         tasks=[],
         received_at=received,
@@ -217,28 +220,28 @@ def _task_outputs(operation: dict[str, Any], state: str, path: str) -> list[dict
     noise reduction, …) wrote Operation.Output.Object, which is only known to exist when the job
     succeeded and is only a key when it holds no ``${…}`` placeholder.
     """
-    output = _node(operation, "Output", path) or {}
-    default_bucket = _text(output, "Bucket", f"{path}.Output")
-    default_region = _text(output, "Region", f"{path}.Output")
+    output = node(operation, "Output", path) or {}
+    default_bucket = text(output, "Bucket", f"{path}.Output")
+    default_region = text(output, "Region", f"{path}.Output")
     outputs: _Outputs = {}
-    media = _node(operation, "MediaResult", path)
+    media = node(operation, "MediaResult", path)
     if media is not None:
-        file_nodes = _nodes(media.get("OutputFile"), f"{path}.MediaResult.OutputFile")
-        for index, node in enumerate(file_nodes):
+        file_nodes = nodes(media.get("OutputFile"), f"{path}.MediaResult.OutputFile")
+        for index, file_node in enumerate(file_nodes):
             file_path = f"{path}.MediaResult.OutputFile[{index}]"
-            _add_output_files(node, file_path, default_bucket, default_region, outputs)
-            sprite = _node(node, "SpriteOutputFile", file_path)
+            _add_output_files(file_node, file_path, default_bucket, default_region, outputs)
+            sprite = node(file_node, "SpriteOutputFile", file_path)
             if sprite is not None:
                 _add_output_files(
                     sprite, f"{file_path}.SpriteOutputFile", default_bucket, default_region, outputs
                 )
     if not outputs and state == "Success":
-        candidates = [_text(output, "Object", f"{path}.Output")]
-        streams = _nodes(output.get("StreamExtract"), f"{path}.Output.StreamExtract")
+        candidates = [text(output, "Object", f"{path}.Output")]
+        streams = nodes(output.get("StreamExtract"), f"{path}.Output.StreamExtract")
         for index, stream in enumerate(streams):
             stream_path = f"{path}.Output.StreamExtract[{index}]"
             candidates.append(
-                _text(stream, "Object", stream_path) or _text(stream, "Output", stream_path)
+                text(stream, "Object", stream_path) or text(stream, "Output", stream_path)
             )
         for name in candidates:
             key = _key(name)
@@ -248,16 +251,16 @@ def _task_outputs(operation: dict[str, Any], state: str, path: str) -> list[dict
 
 
 def _add_output_files(
-    node: dict[str, Any],
+    files: dict[str, Any],
     path: str,
     default_bucket: str | None,
     default_region: str | None,
     outputs: _Outputs,
 ) -> None:
-    bucket = _text(node, "Bucket", path) or default_bucket
-    region = _text(node, "Region", path) or default_region
-    prefix = _text(node, "ObjectPrefix", path) or ""
-    for index, raw in enumerate(_items(node.get("ObjectName"))):
+    bucket = text(files, "Bucket", path) or default_bucket
+    region = text(files, "Region", path) or default_region
+    prefix = text(files, "ObjectPrefix", path) or ""
+    for index, raw in enumerate(items(files.get("ObjectName"))):
         if type(raw) is str:
             name: str | None = raw.strip()
         else:
@@ -278,10 +281,10 @@ def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str)
     execution = workflow_execution(body)
     run_id = required_text(execution, "RunId", path, "missing_run_id")
     state = required_text(execution, "State", path, "missing_state")
-    bucket = _text(execution, "BucketId", path)
+    bucket = text(execution, "BucketId", path)
     tasks = [
         _workflow_task(task, f"{path}.Tasks[{index}]", bucket)
-        for index, task in enumerate(_nodes(execution.get("Tasks"), f"{path}.Tasks"))
+        for index, task in enumerate(nodes(execution.get("Tasks"), f"{path}.Tasks"))
     ]
     outputs: _Outputs = {}
     for task in tasks:
@@ -305,13 +308,13 @@ def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str)
         started_at=None,
         # CI sends no end time for a run; it ended when its last task did.
         ended_at=max(ended) if ended else None,
-        input_ref=_ref(bucket, None, _key(_text(execution, "Object", path))),
+        input_ref=_ref(bucket, None, _key(text(execution, "Object", path))),
         outputs=list(outputs.values()),
         user_data=None,
         job_level=None,
         workflow={
-            "workflow_id": _text(execution, "WorkflowId", path),
-            "workflow_name": _text(execution, "WorkflowName", path),
+            "workflow_id": text(execution, "WorkflowId", path),
+            "workflow_name": text(execution, "WorkflowName", path),
             "run_id": run_id,
             "name": None,
         },
@@ -323,22 +326,22 @@ def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str)
 
 def _workflow_task(task: dict[str, Any], path: str, bucket: str | None) -> dict[str, Any]:
     outputs: _Outputs = {}
-    result = _node(task, "ResultInfo", path) or {}
-    infos = _nodes(result.get("ObjectInfo"), f"{path}.ResultInfo.ObjectInfo")
+    result = node(task, "ResultInfo", path) or {}
+    infos = nodes(result.get("ObjectInfo"), f"{path}.ResultInfo.ObjectInfo")
     for index, info in enumerate(infos):
         info_path = f"{path}.ResultInfo.ObjectInfo[{index}]"
-        url = _text(info, "ObjectUrl", info_path)
+        url = text(info, "ObjectUrl", info_path)
         match = _COS_HOST.match(url) if url else None
         region = match.group(1) if match else None
-        for name_index, raw in enumerate(_items(info.get("ObjectName"))):
+        for name_index, raw in enumerate(items(info.get("ObjectName"))):
             key = _key(text_value(raw, f"{info_path}.ObjectName[{name_index}]"))
             if key is not None:
                 _add(outputs, bucket, region, key)
     return {
-        "job_id": _text(task, "JobId", path),
-        "tag": _text(task, "Type", path),
-        "state": _text(task, "State", path),
-        "name": _text(task, "Name", path),
+        "job_id": text(task, "JobId", path),
+        "tag": text(task, "Type", path),
+        "state": text(task, "State", path),
+        "name": text(task, "Name", path),
         "created_at": _ci_time(task, "CreateTime", path),
         "ended_at": _ci_time(task, "EndTime", path),
         "outputs": list(outputs.values()),
@@ -402,25 +405,8 @@ def _event(
     }
 
 
-def _text(node: dict[str, Any], key: str, path: str) -> str | None:
-    value = node.get(key)
-    # The common cases first: the node path is only formatted for a refusal.
-    if type(value) is str:
-        return value.strip() or None
-    if value is None:
-        return None
-    return text_value(value, f"{path}.{key}")
-
-
-def _node(node: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
-    value = node.get(key)
-    if type(value) is dict:
-        return value
-    return single_node(value, f"{path}.{key}" if path else key)
-
-
-def _ci_time(node: dict[str, Any], key: str, path: str) -> str | None:
-    return _time(_text(node, key, path), path, key)
+def _ci_time(parent: dict[str, Any], key: str, path: str) -> str | None:
+    return _time(text(parent, key, path), path, key)
 
 
 # The times of one batch's callbacks repeat (CI stamps to the second): parse each text once.
@@ -436,13 +422,19 @@ def _time(value: str | None, path: str, key: str | None = None) -> str | None:
         raise EventRejected("bad_field", f"{where}: unreadable time {value!r}") from None
 
 
+# CI's job levels are 0 to 2; the schema's integer is 64-bit.
+_JOB_LEVEL_DIGITS = 18
+
+
 def _job_level(value: Any, path: str) -> int | None:
-    text = text_value(value, path)
-    if text is None:
+    level = text_value(value, path)
+    if level is None:
         return None
-    if not (text.isascii() and text.isdigit()):
-        raise EventRejected("bad_field", f"{path} must be a whole number, not {text!r}")
-    return int(text)
+    if not (level.isascii() and level.isdigit()):
+        raise EventRejected("bad_field", f"{path} must be a whole number, not {level!r}")
+    if len(level) > _JOB_LEVEL_DIGITS:  # and int() refuses past 4,300 digits
+        raise EventRejected("bad_field", f"{path} has more than {_JOB_LEVEL_DIGITS} digits")
+    return int(level)
 
 
 def _key(name: str | None) -> str | None:
@@ -458,23 +450,3 @@ def _ref(bucket: str | None, region: str | None, key: str | None) -> dict[str, A
 
 def _add(outputs: _Outputs, bucket: str | None, region: str | None, key: str) -> None:
     outputs.setdefault((bucket, region, key), _ref(bucket, region, key))
-
-
-def _items(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return value if type(value) is list else [value]
-
-
-def _nodes(value: Any, path: str) -> list[dict[str, Any]]:
-    # XML's empty element (None) and JSON's "" or {} stand for "none here".
-    nodes = []
-    for index, item in enumerate(_items(value)):
-        if type(item) is dict:
-            if item:
-                nodes.append(item)
-        elif item is not None and item != "":
-            raise EventRejected(
-                "bad_field", f"{path}[{index}] must be an object, not {type(item).__name__}"
-            )
-    return nodes

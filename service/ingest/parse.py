@@ -1,7 +1,8 @@
 """Turn an untrusted CI callback body (XML or JSON) into a checked ``ParsedCallback``.
 
-Both formats are read by ``service.xmlsafe`` (hardened, and lean enough for this hot path); its
-refusal reasons become the rejection reasons. The always-list keys are applied to both formats.
+Both formats are read into a tree by ``service.xmlsafe`` (hardened, and lean enough for this hot
+path); its refusal reasons become the rejection reasons. The always-list keys are applied to both
+formats. The tree is then checked through ``document``, the layer ``normalize`` reads it with.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.ingest.document import EventRejected, describe, job_details, workflow_execution
 from service.xmlsafe import DocumentError, parse_json, parse_xml, sniff_format
+
+__all__ = ["ALWAYS_LIST", "EVENT_NAMES", "EventRejected", "ParsedCallback", "parse_callback"]
 
 # Keys CI sends as a list in one sample and as a single node in another (and XML can only show as
 # repeated elements): after parsing they are always lists, in both formats.
@@ -26,15 +30,6 @@ ALWAYS_LIST: frozenset[str] = frozenset(
 )
 
 EVENT_NAMES: frozenset[str] = frozenset({"TaskFinish", "WorkflowFinish"})
-
-
-class EventRejected(Exception):
-    """The body is not an acceptable CI callback. ``reason`` is a stable snake_case code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,75 +53,6 @@ def parse_callback(body: bytes, content_type: str = "", *, max_depth: int = 32) 
     return ParsedCallback(format=fmt, event_name=event_name, body=inner)
 
 
-def text_value(value: Any, path: str) -> str | None:
-    """A node's text: stripped, ``None`` when empty; numbers as CI would write them in XML."""
-    kind = type(value)
-    if kind is str:
-        return value.strip() or None
-    if value is None:
-        return None
-    if kind is int or kind is float:
-        return str(value)
-    raise EventRejected("bad_field", f"{path} must be a text value, not {_describe(value)}")
-
-
-def required_text(node: dict[str, Any], key: str, path: str, reason: str) -> str:
-    """The text of ``node[key]``, refusing the callback with ``reason`` when it is absent."""
-    value = text_value(node.get(key), f"{path}.{key}")
-    if value is None:
-        raise EventRejected(reason, f"{path}.{key} is missing")
-    return value
-
-
-def job_details(inner: dict[str, Any]) -> list[dict[str, Any]]:
-    """A TaskFinish's JobsDetail entries, each with a JobId and a State."""
-    details = inner.get("JobsDetail")
-    if not details:
-        raise EventRejected("missing_jobs_detail", "TaskFinish has no JobsDetail")
-    if type(details) is not list:
-        details = [details]
-    for index, detail in enumerate(details):
-        path = f"JobsDetail[{index}]"
-        if type(detail) is not dict:
-            raise EventRejected(
-                "missing_jobs_detail", f"{path} is {_describe(detail)}, not an object"
-            )
-        required_text(detail, "JobId", path, "missing_job_id")
-        required_text(detail, "State", path, "missing_state")
-    return details
-
-
-def workflow_execution(inner: dict[str, Any]) -> dict[str, Any]:
-    """A WorkflowFinish's WorkflowExecution, with a RunId and a State."""
-    execution = single_node(inner.get("WorkflowExecution"), "WorkflowExecution")
-    if execution is None:
-        raise EventRejected("missing_workflow_execution", "WorkflowFinish has no WorkflowExecution")
-    required_text(execution, "RunId", "WorkflowExecution", "missing_run_id")
-    required_text(execution, "State", "WorkflowExecution", "missing_state")
-    return execution
-
-
-def single_node(value: Any, path: str) -> dict[str, Any] | None:
-    """A container node, accepting CI's one-element-list form; ``None`` when absent or empty."""
-    if type(value) is dict:
-        return value
-    if value is None or value == "" or value == []:
-        return None
-    if type(value) is list and len(value) == 1:
-        return single_node(value[0], path)
-    raise EventRejected("bad_field", f"{path} must be one object, not {_describe(value)}")
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "empty"
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 # --- JSON -----------------------------------------------------------------------------------------
 
 
@@ -138,10 +64,10 @@ def _json_response(body: bytes, max_depth: int) -> dict[str, Any]:
     except DocumentError as exc:
         raise EventRejected(exc.reason, exc.message) from None
     if type(root) is not dict:
-        raise EventRejected("not_an_object", f"JSON root must be an object, not {_describe(root)}")
+        raise EventRejected("not_an_object", f"JSON root must be an object, not {describe(root)}")
     inner = root.get("Response", root)
     if type(inner) is not dict:
-        raise EventRejected("not_an_object", f"Response must be an object, not {_describe(inner)}")
+        raise EventRejected("not_an_object", f"Response must be an object, not {describe(inner)}")
     return inner
 
 
@@ -181,7 +107,7 @@ def _event_name(inner: dict[str, Any]) -> str:
     raw = inner["EventName"]
     if type(raw) is str and raw.strip() in EVENT_NAMES:
         return raw.strip()
-    shown = repr(raw)[:80] if type(raw) is str else _describe(raw)
+    shown = repr(raw)[:80] if type(raw) is str else describe(raw)
     raise EventRejected(
         "unknown_event", f"EventName {shown} is not one of TaskFinish, WorkflowFinish"
     )

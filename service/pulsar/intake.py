@@ -24,8 +24,10 @@ import structlog
 from service.intake import (
     UNSUPPORTED_MEDIA_TYPE,
     IntakeError,
+    SubmissionTooLarge,
     Target,
     check_idempotency_key,
+    check_submission_size,
     enqueue,
     resolve_target,
     rule_errors,
@@ -92,6 +94,10 @@ def read_job(
         ) from None
     except RequestInvalid as exc:
         raise InvalidJob("invalid_request", *rule_errors(exc)) from None
+    try:
+        check_submission_size(settings, request)
+    except SubmissionTooLarge as exc:
+        raise InvalidJob("request_too_large", str(exc), []) from None
     key = given or "pulsar-" + hashlib.sha256(message_ref.encode()).hexdigest()[:32]
     return JobMessage(request, target, key)
 

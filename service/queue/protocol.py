@@ -93,10 +93,6 @@ class JobRecord:
     finished_at: float | None
     lease_owner: str | None
 
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
 
 class IdempotencyConflict(Exception):
     """The idempotency key is already used by a job enqueued with a different body."""
@@ -207,6 +203,7 @@ class JobQueue(Protocol):
         ...
 
     async def wait_changed(self, max_wait: float) -> None:
-        """Return when claimable work may have appeared (this process enqueued or gave a job
-        back), or after ``max_wait`` seconds. Other processes' changes are seen by polling."""
+        """Return when claimable work may have appeared (a job enqueued or given back), or after
+        ``max_wait`` seconds. On SQLite only this process's changes wake it (other processes'
+        are seen by polling); on PostgreSQL every replica's do (``LISTEN``/``NOTIFY``)."""
         ...

@@ -2,7 +2,7 @@
 
 Instances are made by ``request_from_tree`` / ``parse_request``, which apply every rule of the seed
 document; the dataclasses themselves do not re-check what they are given. Node names, element
-order and the tags below follow /work/shared/seed/inventorytriggerjob.txt.
+order and the tags below follow CI's API document, ``inventorytriggerjob.txt``.
 
 Accepted ``Request.Operation.Tag`` spellings. The seed's tag table has typos; the documented
 spellings are accepted and the canonical one (first column) is stored and sent to CI. "JobParam
@@ -349,24 +349,3 @@ class BatchRequest:
     def to_xml(self) -> bytes:
         """The body CI expects for ``POST /inventorytriggerjob``."""
         return unparse_xml({"Request": self.to_tree()})
-
-    def with_name(self, name: str) -> BatchRequest:
-        """This request under another Name (validated: RequestInvalid if the name breaks rules)."""
-        tree = self.to_tree()
-        tree["Name"] = name
-        return _validated(tree)
-
-    def with_callback(self, url: str, *, fmt: str | None = None) -> BatchRequest:
-        """Set Operation.CallBack (and CallBackFormat when ``fmt`` is given); CallBackType stays."""
-        tree = self.to_tree()
-        tree["Operation"]["CallBack"] = url
-        if fmt is not None:
-            tree["Operation"]["CallBackFormat"] = fmt
-        return _validated(tree)
-
-
-def _validated(tree: dict[str, Any]) -> BatchRequest:
-    # validate builds on this module, so it is imported when first needed, not at import time.
-    from service.request.validate import request_from_tree
-
-    return request_from_tree(tree)

@@ -61,6 +61,13 @@ class EventLog(Protocol):
         are kept. Returns rows changed."""
         ...
 
+    async def reattribute(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
+    ) -> list[str]:
+        """Events of these media jobs (CI lists them under ``batch_id``) that are linked to
+        another job or batch, linked to this job and batch instead; the source of each moved."""
+        ...
+
     # --- reads ------------------------------------------------------------------------------
     async def feed(
         self,
@@ -85,8 +92,27 @@ class EventLog(Protocol):
         """Which of these CI JobIds already have an event of ``event_type``."""
         ...
 
-    async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
-        """Refused deliveries kept for replay, oldest first."""
+    # --- refused bodies: listing and replay ------------------------------------------------
+    async def rejected(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        reason: str | None = None,
+        source: str | None = None,
+    ) -> list[RejectedCallback]:
+        """Refused deliveries kept for replay, oldest first, after id ``after``; optionally only
+        those of one ``reason`` and one ``source``."""
+        ...
+
+    async def get_rejected(self, rejected_id: int) -> RejectedCallback | None: ...
+
+    async def delete_rejected(self, rejected_id: int) -> None:
+        """Forget a refused body (its replay was accepted)."""
+        ...
+
+    async def update_rejected(self, rejected_id: int, reason: str, message: str) -> None:
+        """Record why a replayed body was refused again."""
         ...
 
     # --- the outbox (drained by the one publisher holding the ``outbox`` lease) -------------

@@ -455,3 +455,32 @@ async def test_a_media_job_of_another_batch_is_refused_under_a_jobs_token(
     cb_client.app[EVENT_PIPELINE].learn_batch(batch_a, ["jown"])
     resp = await cb_client.post(f"/v1/callbacks/{token_a}", data=task_finish_json("jown"))
     assert resp.status == 200
+
+
+def many_details(count: int) -> bytes:
+    [detail] = json.loads(task_finish_json("j"))["Response"]["JobsDetail"]
+    details = [{**detail, "JobId": f"jmany{n:05d}"} for n in range(count)]
+    return json.dumps({"Response": {"EventName": "TaskFinish", "JobsDetail": details}}).encode()
+
+
+async def test_a_callback_with_more_entries_than_the_bound_is_refused_naming_it(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    settings = events_settings(tmp_path, CIRELAY_MAX_EVENTS_PER_CALLBACK="3")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.post(f"/v1/callbacks/{STATIC_TOKEN}", data=many_details(4))
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "too_many_events"
+    assert "CIRELAY_MAX_EVENTS_PER_CALLBACK" in error["message"]
+    resp = await client.post(f"/v1/callbacks/{STATIC_TOKEN}", data=many_details(3))
+    assert resp.status == 200
+    assert (await resp.json())["new"] == 3
+
+
+async def test_a_big_callback_is_parsed_off_the_loop_and_stored_whole(cb_client: Client) -> None:
+    body = many_details(400)
+    assert len(body) > 64 * 1024  # past the size parsed in a worker thread
+    resp = await cb_client.post(f"/v1/callbacks/{STATIC_TOKEN}", data=body)
+    assert resp.status == 200
+    assert (await resp.json())["new"] == 400

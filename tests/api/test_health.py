@@ -51,9 +51,7 @@ async def test_metrics_exposition(client: TestClient) -> None:
     assert resp.status == 200
     text = await resp.text()
     assert 'cirelay_build_info{version="' in text
-    assert (
-        'cirelay_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
-    )
+    assert 'cirelay_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
 
 
 async def test_readyz_is_503_naming_missing_ci_credentials(client: TestClient) -> None:

@@ -87,9 +87,7 @@ async def test_a_json_request_is_queued_and_readable(api: Client, auth: dict[str
     assert await read.json() == job
 
 
-async def test_xml_and_bare_json_requests_are_accepted(
-    api: Client, auth: dict[str, str]
-) -> None:
+async def test_xml_and_bare_json_requests_are_accepted(api: Client, auth: dict[str, str]) -> None:
     status_xml, from_xml = await post_job(api, auth, request_xml(level=1), XML)
     bare = json.dumps(request_tree(level=1)).encode()
     status_bare, from_bare = await post_job(api, auth, bare)
@@ -112,18 +110,19 @@ async def test_the_target_can_be_chosen_per_job(api: Client, auth: dict[str, str
     assert (job["bucket"], job["region"]) == ("other-1250000001", "ap-beijing")
 
 
-async def test_enqueued_jobs_are_counted_by_tag_and_via(
-    api: Client, auth: dict[str, str]
-) -> None:
+async def test_enqueued_jobs_are_counted_by_tag_and_via(api: Client, auth: dict[str, str]) -> None:
     await post_job(api, auth, request_json())
     metrics = api.app[METRICS]
     value = metrics.registry.get_sample_value(
         "cirelay_jobs_enqueued_total", {"tag": "Transcode", "via": "http"}
     )
     assert value == 1.0
-    assert metrics.registry.get_sample_value(
-        "cirelay_jobs_enqueued_total", {"tag": "Snapshot", "via": "pulsar"}
-    ) == 0.0  # pre-initialised
+    assert (
+        metrics.registry.get_sample_value(
+            "cirelay_jobs_enqueued_total", {"tag": "Snapshot", "via": "pulsar"}
+        )
+        == 0.0
+    )  # pre-initialised
 
 
 # --- idempotency --------------------------------------------------------------------------------
@@ -143,9 +142,7 @@ async def test_the_same_idempotency_key_and_body_return_the_same_job(
     assert [j["id"] for j in listed["jobs"]] == [first["id"]]
 
 
-async def test_a_different_body_under_a_used_key_is_409(
-    api: Client, auth: dict[str, str]
-) -> None:
+async def test_a_different_body_under_a_used_key_is_409(api: Client, auth: dict[str, str]) -> None:
     key = {"Idempotency-Key": "order-43"}
     _, first = await post_job(api, auth, request_json("one"), {**JSON, **key})
     status, body = await post_job(api, auth, request_json("two"), {**JSON, **key})
@@ -249,9 +246,7 @@ async def test_wrong_types_are_422(api: Client, auth: dict[str, str]) -> None:
     assert {"Request.Name", "Request.Input"} <= paths
 
 
-async def test_an_xml_request_with_the_wrong_root_is_422(
-    api: Client, auth: dict[str, str]
-) -> None:
+async def test_an_xml_request_with_the_wrong_root_is_422(api: Client, auth: dict[str, str]) -> None:
     status, body = await post_job(api, auth, b"<Job><Name>x</Name></Job>", XML)
     assert status == 422
     assert error(body)["details"][0]["path"] == "Request"
@@ -440,3 +435,19 @@ async def test_submission_outcomes_are_pre_initialised(api: Client) -> None:
     sample = api.app[METRICS].registry.get_sample_value
     for outcome in ("created", "adopted", "retry", "dead", "cancelled"):
         assert sample("cirelay_jobs_submitted_total", {"outcome": outcome}) == 0.0
+
+
+async def test_a_request_whose_xml_form_is_over_cis_limit_is_422_naming_it(
+    intake_settings: Settings, auth: dict[str, str], aiohttp_client: ClientFactory
+) -> None:
+    api = await aiohttp_client(create_app(intake_settings.replace(max_body_bytes=1_048_576)))
+    # 400 KB of JSON; each "<" is "&lt;" in XML: 1.6 MB as CI would receive it.
+    status, body = await post_job(api, auth, request_json(UserData="<" * 400_000))
+    assert status == 422
+    assert error(body)["code"] == "request_too_large"
+    assert "1048576" in error(body)["message"]
+    listed = await api.get("/v1/jobs", headers=auth)
+    assert (await listed.json())["jobs"] == []
+    # Under the limit in its XML form too: accepted.
+    status, body = await post_job(api, auth, request_json(UserData="a" * 400_000))
+    assert status == 202

@@ -26,9 +26,7 @@ def _app_operations(settings: Settings) -> set[tuple[str, str]]:
 
 
 def test_every_route_is_documented_and_every_documented_route_exists(settings: Settings) -> None:
-    documented = {
-        (method, path) for path, item in SPEC["paths"].items() for method in item
-    }
+    documented = {(method, path) for path, item in SPEC["paths"].items() for method in item}
     assert _app_operations(settings) == documented
 
 

@@ -1,25 +1,30 @@
-"""Benchmark: durable callback ingestion against a bare aiohttp handler, side by side in one run.
+"""Benchmark: durable callback ingestion, cirelay as deployed against its peer and a bare handler.
 
-    python -m tests.bench.bench_callbacks [--seconds 10] [--connections 16]
+    python -m tests.bench.bench_callbacks [--seconds 10] [--connections 16] [--kinds peer,cirelay]
 
 Each server runs in its own process pinned to core 0; wrk runs pinned to core 1 and posts unique
-TaskFinish callbacks (the documented Transcode sample with MediaInfo, a new JobId per request),
-in XML and in JSON, to:
+TaskFinish callbacks (a new JobId per request) with 16 connections, in XML and in JSON: compact
+(as the emulator sends a Transcode job) and full (the documented Transcode sample with its
+MediaInfo). Every durable server commits each callback before answering it. Servers:
 
-- bare: an aiohttp app whose one handler reads the body and answers 200;
-- parse: the bare handler plus cirelay's parse and normalise, nothing else (no middleware, no
-  store): what turning the body into a canonical event costs on its own;
-- floor: the bare handler plus the least any durable ingestion on aiohttp and SQLite does: a C
-  parse (ElementTree / orjson, no Python per node) and the body group-committed (one multi-row
-  INSERT per batch, WAL, one B-tree keyed by the body's SHA-256, run in the event loop's thread)
-  before answering;
-- cirelay: the real service app (``create_app``: middleware, per-job token, parse, normalise,
-  link, group-committed SQLite store, job state, metrics) on a fresh database file.
+- bare: an aiohttp app whose one handler reads the body and answers 200 (the ceiling);
+- peer: what a platform team would deploy instead, Benthos v4.27.0 (``tests/bench/peer``):
+  http_server with sync_response → bloblang (parse_xml / parse_json, mapped to the canonical
+  event's fields) → sql_insert into SQLite WAL, batched 16 rows per 5 ms, ``ON CONFLICT
+  (event_id) DO NOTHING``; the answer waits for the insert's ack;
+- cirelay: ``cirelay serve`` itself (the CLI, deployment defaults, structlog access line per
+  request on stderr) on a fresh SQLite file; the submitter and the reconciler are off, as there is
+  no CI to talk to, and neither is on the callback path;
+- cirelay-nolog (extra): the same app with aiohttp's access log off;
+- parse (extra): the bare handler plus cirelay's parse and normalise, nothing else;
+- floor (extra): the bare handler plus the least any durable ingestion on aiohttp and SQLite does:
+  a C parse (ElementTree / orjson) and the body group-committed (one B-tree keyed by its SHA-256,
+  written in the event loop's thread) before answering.
 
-No server writes access logs, so the comparison is of the request path itself. Prints one line
-per run and a JSON summary with each server's ratio to bare; the goal (issue 5) is cirelay/bare
->= 0.5 at p99 < 20 ms. Needs ``wrk`` (Debian package ``wrk``). A benchmark, never a test:
-nothing here asserts timings.
+Prints one line per run and a JSON summary with each server's ratio to bare and cirelay's ratio to
+the peer (issue 15's goal: cirelay/peer >= 1.5 with a p99 no worse than the peer's). Needs ``wrk``
+(Debian package ``wrk``) and Go for the peer (built once, see ``tests/bench/peer.py``). A
+benchmark, never a test: nothing here asserts timings.
 """
 
 from __future__ import annotations
@@ -38,23 +43,27 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
+from service import cli
 from service.app import create_app
 from service.emulator.documents import task_finish
 from service.ingest.normalize import normalize
 from service.ingest.parse import parse_callback
+from service.logging import configure_logging
+from service.settings import Settings
 from service.storage.sqlite.database import Database
 from service.storage.sqlite.queue import SQLiteJobQueue
 from service.tokens import callback_token
-from tests.bench import wrk
-from tests.events.support import events_settings, submitted_job
+from tests.bench import peer, wrk
+from tests.events.support import submitted_job
 from tests.ports import free_port
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "callbacks"
@@ -96,7 +105,10 @@ COMPACT_DETAIL: dict[str, Any] = {
 }
 SERVER_CORE = 0
 LOAD_CORE = 1
-KINDS = ("bare", "parse", "floor", "cirelay")
+KINDS = ("bare", "peer", "cirelay", "cirelay-nolog", "parse", "floor")
+DEFAULT_KINDS = "peer,cirelay"
+DURABLE = frozenset({"peer", "cirelay", "cirelay-nolog", "floor"})
+BENCH_API_TOKEN = "bench-api-token"
 MAX_DEPTH = 32  # CIRELAY_MAX_XML_DEPTH's default
 
 # wrk script: every request gets a JobId unique across threads and runs.
@@ -204,9 +216,24 @@ def _floor_app(db: str) -> web.Application:
     return app
 
 
+def _cirelay_environ(db: str, port: int) -> dict[str, str]:
+    """What a deployment sets: where the database is, its secrets, its bind address. Everything
+    else keeps its default; the submitter and reconciler are off (no CI here, not on this path)."""
+    return {
+        "CIRELAY_HOST": "127.0.0.1",
+        "CIRELAY_PORT": str(port),
+        "CIRELAY_DATABASE_URL": f"sqlite:///{db}",
+        "CIRELAY_API_TOKEN": BENCH_API_TOKEN,
+        "CIRELAY_CI_SECRET_ID": "bench-secret-id",
+        "CIRELAY_CI_SECRET_KEY": "bench-secret-key",
+        "CIRELAY_SUBMITTER_ENABLED": "false",
+        "CIRELAY_RECONCILE_ENABLED": "false",
+    }
+
+
 def _serve(kind: str, port: int, db: str, token_file: str) -> None:
     os.sched_setaffinity(0, {SERVER_CORE})
-    if kind != "cirelay":
+    if kind in ("bare", "parse", "floor"):
         if kind == "bare":
             app = _bare_app()
         elif kind == "parse":
@@ -215,10 +242,21 @@ def _serve(kind: str, port: int, db: str, token_file: str) -> None:
             app = _floor_app(db)
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
         return
-    settings = events_settings(Path(db).parent).replace(database_url=f"sqlite:///{db}")
+    environ = _cirelay_environ(db, port)
+    settings = Settings.load(environ)
     job_id = asyncio.run(_submitted_job(db))
     Path(token_file).write_text(callback_token(settings.callback_key, job_id))
-    web.run_app(create_app(settings), host="127.0.0.1", port=port, print=None, access_log=None)
+    if kind == "cirelay":
+        os.environ.update(environ)
+        sys.exit(cli.main(["serve"]))
+    configure_logging(settings)
+    app = create_app(settings)
+    loop = (
+        uvloop.new_event_loop()
+        if os.environ.get("XLOOP") != "asyncio"
+        else asyncio.new_event_loop()
+    )
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
 async def _submitted_job(db: str) -> str:
@@ -234,35 +272,39 @@ async def _submitted_job(db: str) -> str:
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def _start_server(
+    kind: str, workdir: Path, *, wrapper: Sequence[str] = (), start_seconds: float = 30
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start one server (its command run under ``wrapper``, e.g. valgrind); (process, port,
+    the token of its callback URL)."""
     port = free_port()
     db = workdir / f"{kind}-{port}.db"
     token_file = workdir / f"{kind}-{port}.token"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.bench.bench_callbacks",
-            "--serve",
-            kind,
-            "--port",
-            str(port),
-            "--db",
-            str(db),
-            "--token-file",
-            str(token_file),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
+    # The service's log lines (the access log among them) go where a deployment's would: a file.
+    log = (workdir / f"{kind}-{port}.log").open("wb")
+    if kind == "peer":
+        cmd = ["taskset", "-c", str(SERVER_CORE), *wrapper, str(peer.binary("http"))]
+        cmd += ["-c", str(peer.config("http.yaml"))]
+        environ = {"PEER_PORT": str(port), "PEER_DB": str(db), "PEER_SOURCE": "http"}
+        environ["PEER_DIR"] = str(peer.SOURCE)
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **environ}, stdout=subprocess.DEVNULL, stderr=log
+        )
+    else:
+        cmd = [*wrapper, sys.executable, "-m", "tests.bench.bench_callbacks", "--serve", kind]
+        cmd += ["--port", str(port), "--db", str(db), "--token-file", str(token_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    log.close()
+    needs_token = kind.startswith("cirelay")
+    deadline = time.monotonic() + start_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{kind} server exited with {proc.returncode}")
-        ready = kind != "cirelay" or token_file.exists()
+        ready = not needs_token or token_file.exists()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 if ready:
-                    token = token_file.read_text() if kind == "cirelay" else kind
+                    token = token_file.read_text() if needs_token else kind
                     return proc, port, token
         except OSError:
             pass
@@ -323,12 +365,12 @@ def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -
         proc.terminate()
         proc.wait(timeout=30)
     result["kind"] = kind
-    durable = kind in ("floor", "cirelay")
+    durable = kind in DURABLE
     if durable:
         # Every answer was a new row committed before it was sent; wrk may stop counting a few
         # in flight at the end, so the store holds at least what wrk saw answered.
         result["answered"] = warm["requests"] + result["requests"]
-        table = "events" if kind == "cirelay" else "bodies"
+        table = "bodies" if kind == "floor" else "events"
         result["stored"] = _stored(workdir / f"{kind}-{port}.db", table)
     print(
         f"{kind:8} {sample.name:13} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
@@ -350,7 +392,7 @@ def main() -> None:
         help="bodies to post (compact: as the emulator sends; full: with MediaInfo)",
     )
     parser.add_argument(
-        "--kinds", default=",".join(KINDS), help="servers to measure besides bare (see above)"
+        "--kinds", default=DEFAULT_KINDS, help="servers to measure besides bare (see above)"
     )
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -378,6 +420,12 @@ def main() -> None:
                 result["ratio"] = round(result["rps"] / bare["rps"], 3)
                 summary[name][kind] = result
                 print(f"ratio {name} {kind}/bare: {result['ratio']:.3f}", flush=True)
+            measured = summary[name]
+            for kind in ("cirelay", "cirelay-nolog"):
+                if kind in measured and "peer" in measured:
+                    ratio = measured[kind]["rps"] / measured["peer"]["rps"]
+                    measured[kind]["ratio_to_peer"] = round(ratio, 3)
+                    print(f"ratio {name} {kind}/peer: {ratio:.3f}", flush=True)
     print(json.dumps(summary, indent=2))
 
 

@@ -13,8 +13,12 @@ The broker is the one in ``$CIRELAY_TEST_PULSAR_ENV`` (a ``pulsar.env`` written 
      asyncio client with 64 concurrent receivers; the faster one is the baseline);
    - cirelay: the service app (``create_app``) on a fresh SQLite file, its consumer taking every
      message through parse → normalise → store (committed) → ack.
-   Time runs from subscribing (starting the app) until the last message is acked (for cirelay:
-   until every event is counted as stored, which precedes its ack). Ratio = cirelay / bare.
+   - peer: Benthos (``tests/bench/peer/pulsar.yaml``): pulsar input → the bloblang mapping of
+     the HTTP peer → sql_insert into SQLite (batched, ``ON CONFLICT DO NOTHING``), acking each
+     message after its insert.
+   Time runs from subscribing (starting the app) until the last message is acked (for cirelay
+   and the peer: until every event is counted as stored, which precedes its ack). Ratios =
+   cirelay / bare and cirelay / peer (issue 15's goal: >= 1.5).
    Two ceilings are measured beside it, without the broker: the event pipeline alone (parse →
    normalise → store), and parse → normalise alone (no store).
 2. Publish: the same number of canonical events sit in a fresh outbox; cirelay's publisher drains
@@ -30,6 +34,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -42,6 +47,7 @@ from typing import Any
 
 import pulsar
 import pulsar.asyncio
+import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
@@ -55,6 +61,7 @@ from service.settings import Settings
 from service.storage.sqlite.database import Database
 from service.storage.sqlite.events import SQLiteEventLog
 from service.storage.sqlite.queue import SQLiteJobQueue
+from tests.bench import peer
 from tests.events.support import task_finish_json, task_finish_xml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +126,8 @@ def bare_sync_consume(env: dict[str, str], name: str, count: int) -> float:
     )
     started = time.perf_counter()
     consumer = client.subscribe(
-        name, f"bare-sync-{uuid.uuid4().hex[:6]}",
+        name,
+        f"bare-sync-{uuid.uuid4().hex[:6]}",
         consumer_type=pulsar.ConsumerType.Shared,
         initial_position=pulsar.InitialPosition.Earliest,
     )
@@ -135,7 +143,8 @@ async def bare_async_consume(env: dict[str, str], name: str, count: int) -> floa
     client = _async_client(env)
     started = time.perf_counter()
     consumer = await client.subscribe(
-        name, f"bare-async-{uuid.uuid4().hex[:6]}",
+        name,
+        f"bare-async-{uuid.uuid4().hex[:6]}",
         consumer_type=pulsar.ConsumerType.Shared,
         initial_position=pulsar.InitialPosition.Earliest,
     )
@@ -198,6 +207,58 @@ async def cirelay_consume(settings: Settings, count: int) -> float:
     elapsed = time.perf_counter() - started
     await client.close()
     return elapsed
+
+
+def peer_consume(env: dict[str, str], name: str, count: int, workdir: Path) -> float:
+    """Seconds for the peer (Benthos, ``tests/bench/peer/pulsar.yaml``: pulsar input → the same
+    bloblang mapping as the HTTP peer → sql_insert into SQLite, acking after the insert) to store
+    ``count`` messages, from its start until the count of committed rows reaches ``count``."""
+    subscription = f"peer-{uuid.uuid4().hex[:6]}"
+    # Benthos's pulsar input starts a new subscription at the latest message: make it first, at
+    # the earliest, as cirelay's is.
+    client = pulsar.Client(
+        env["PULSAR_URL"],
+        authentication=pulsar.AuthenticationToken(env["PULSAR_TOKEN"]),
+        logger=CLIENT_LOG,
+    )
+    client.subscribe(
+        name,
+        subscription,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+    ).close()
+    client.close()
+    db = workdir / f"peer-{subscription}.db"
+    environ = {
+        "PULSAR_URL": env["PULSAR_URL"],
+        "PULSAR_TOKEN": env["PULSAR_TOKEN"],
+        "PEER_TOPIC": name,
+        "PEER_SUBSCRIPTION": subscription,
+        "PEER_DB": str(db),
+        "PEER_DIR": str(peer.SOURCE),
+        "PEER_SOURCE": "pulsar",
+    }
+    command = [str(peer.binary("pulsar")), "-c", str(peer.config("pulsar.yaml"))]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env={**os.environ, **environ}, stdout=subprocess.DEVNULL)
+    try:
+        while _stored_rows(db) < count:
+            if proc.poll() is not None:
+                raise SystemExit(f"the peer exited with {proc.returncode}")
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return elapsed
+
+
+def _stored_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
 
 
 async def pipeline_alone(workdir: Path, bodies: list[bytes], concurrency: int) -> float:
@@ -300,12 +361,14 @@ async def run(env: dict[str, str], count: int, rounds: int, concurrency: int) ->
             sync_s = await asyncio.to_thread(bare_sync_consume, env, name, count)
             async_s = await bare_async_consume(env, name, count)
             settings = _settings(
-                workdir, env,
+                workdir,
+                env,
                 CIRELAY_PULSAR_EVENTS_TOPIC=name,
                 CIRELAY_PULSAR_SUBSCRIPTION=f"cirelay-{round_no}",
                 CIRELAY_PULSAR_CONSUMER_CONCURRENCY=str(concurrency),
             )
             cirelay_s = await cirelay_consume(settings, count)
+            peer_s = await asyncio.to_thread(peer_consume, env, name, count, workdir)
             bodies = [_body(n) for n in range(count)]
             alone_s = await pipeline_alone(workdir, bodies, concurrency)
             parse_s = parse_alone(bodies)
@@ -314,9 +377,11 @@ async def run(env: dict[str, str], count: int, rounds: int, concurrency: int) ->
             print(f"  bare sync receive+ack     {_rate(count, sync_s)}")
             print(f"  bare asyncio receive+ack  {_rate(count, async_s)}")
             print(f"  cirelay consume+store+ack {_rate(count, cirelay_s)}")
+            print(f"  peer consume+store+ack    {_rate(count, peer_s)}")
             print(f"  pipeline alone, no broker {_rate(count, alone_s)}")
             print(f"  parse+normalise alone     {_rate(count, parse_s)}")
             print(f"  ratio cirelay / bare      {bare_s / cirelay_s:9.2f}")
+            print(f"  ratio cirelay / peer      {peer_s / cirelay_s:9.2f}")
             print(f"  ratio cirelay / pipeline  {alone_s / cirelay_s:9.2f}")
             print(f"  ratio parse alone / bare  {bare_s / parse_s:9.2f}")
 
@@ -337,8 +402,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    with broker() as env:
-        asyncio.run(run(env, args.events, args.rounds, args.concurrency))
+    with broker() as env, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        # uvloop, as `cirelay serve` runs the app.
+        runner.run(run(env, args.events, args.rounds, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every benchmark (never part of the test suite): installs wrk if missing, then prints each
-# benchmark's figures and its ratios against the baseline measured in the same run.
+# Runs every benchmark (never part of the test suite): installs wrk if missing, builds the peer
+# (Benthos, tests/bench/peer) once into ~/.cache/cirelay/bench-peer, then prints each benchmark's
+# figures and its ratios against the baselines measured in the same run.
 # Usage: tests/bench/run.sh [queue|callbacks|pulsar|webhooks ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -8,6 +9,8 @@ if ! command -v wrk >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 [ -x .venv/bin/python ] || { echo "run ./tests/run.sh once first (it creates .venv)"; exit 2; }
+command -v go >/dev/null 2>&1 || { echo "the peer is built with Go (>= 1.21): install go"; exit 2; }
+.venv/bin/python -m tests.bench.peer
 for bench in "${@:-queue callbacks pulsar webhooks}"; do
   for name in $bench; do
     echo "==> tests/bench/bench_${name}.py"

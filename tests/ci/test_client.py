@@ -271,11 +271,11 @@ async def test_create_posts_signed_xml_and_returns_the_job(
     assert duration == 1
 
 
-async def test_sts_token_is_sent_and_signed(
-    session: aiohttp.ClientSession, fake: FakeCI
-) -> None:
+async def test_sts_token_is_sent_and_signed(session: aiohttp.ClientSession, fake: FakeCI) -> None:
     sts = CIClient(
-        session, Credentials(SECRET_ID, SECRET_KEY, TOKEN), endpoint=_endpoint(fake),
+        session,
+        Credentials(SECRET_ID, SECRET_KEY, TOKEN),
+        endpoint=_endpoint(fake),
         clock=lambda: NOW,
     )
     fake.answer(200, SEED_CREATE_RESPONSE)
@@ -624,7 +624,10 @@ async def test_connection_refused_is_transport_not_in_doubt(
     session: aiohttp.ClientSession, metrics: Metrics, unused_tcp_port: int
 ) -> None:
     ci = CIClient(
-        session, CREDS, endpoint=f"http://127.0.0.1:{unused_tcp_port}", metrics=metrics,
+        session,
+        CREDS,
+        endpoint=f"http://127.0.0.1:{unused_tcp_port}",
+        metrics=metrics,
         clock=lambda: NOW,
     )
     with pytest.raises(CITransportError) as caught:
@@ -764,7 +767,8 @@ async def test_empty_arguments_are_refused(ci_client: CIClient, fake: FakeCI) ->
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["ftp://127.0.0.1:8090", "127.0.0.1:8090", "http://127.0.0.1:8090/ci", "http://h/?q=1"]
+    "endpoint",
+    ["ftp://127.0.0.1:8090", "127.0.0.1:8090", "http://127.0.0.1:8090/ci", "http://h/?q=1"],
 )
 def test_invalid_endpoint_is_refused(session: aiohttp.ClientSession, endpoint: str) -> None:
     with pytest.raises(ValueError, match="endpoint"):

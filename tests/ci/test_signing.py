@@ -372,9 +372,7 @@ def captured() -> list[Captured]:
 
 
 @pytest.fixture
-async def sdk_client(
-    aiohttp_server: Any, captured: list[Captured], sdk_clock: None
-) -> CosS3Client:
+async def sdk_client(aiohttp_server: Any, captured: list[Captured], sdk_clock: None) -> CosS3Client:
     async def handle(request: web.Request) -> web.Response:
         await request.read()
         captured.append(
@@ -407,7 +405,11 @@ SDK_CALLS = {
     ),
     "get": lambda c: c.ci_get_inventory_trigger_jobs(Bucket=BUCKET, JobID="jid123"),
     "list": lambda c: c.ci_list_inventory_trigger_jobs(
-        Bucket=BUCKET, Type="Job", Name="nightly run", States="Running,Failed", Size=100,
+        Bucket=BUCKET,
+        Type="Job",
+        Name="nightly run",
+        States="Running,Failed",
+        Size=100,
         StartCreationTime="2024-01-01T00:00:00+0800",
     ),
     "cancel": lambda c: c.ci_delete_inventory_trigger_jobs(Bucket=BUCKET, JobId="jid123"),
@@ -429,9 +431,10 @@ async def test_sdk_requests_verify_and_resign_identically(
     # The SDK names the bucket in Host even when sent to an address; emulators route by it.
     assert seen.headers["Host"].startswith(BUCKET + ".")
     assert "x-ci-security-token" in authorization.split("q-header-list=")[1].split("&")[0]
-    assert verify(
-        authorization, seen.method, seen.path, seen.query, seen.headers, KEYS.get, now=NOW
-    ) == SECRET_ID
+    assert (
+        verify(authorization, seen.method, seen.path, seen.query, seen.headers, KEYS.get, now=NOW)
+        == SECRET_ID
+    )
     # ?cancel is appended after signing, so it is the one parameter left out.
     signed_params = {k: v for k, v in seen.query.items() if k != "cancel"}
     resigned = sign(STS_CREDS, seen.method, seen.path, signed_params, seen.headers, now=NOW)

@@ -48,8 +48,25 @@ _RANGE = re.compile(r"\[[^\]]*\]")
 # Words that may stand outside parentheses without being series names.
 _NOT_SERIES = frozenset(
     {
-        "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-        "quantile", "count_values", "bool", "and", "or", "unless", "offset", "inf", "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
     }
 )
 

@@ -54,9 +54,11 @@ def test_a_query_names_only_metrics_and_labels_cirelay_exports(where: str, expr:
 
 def test_every_metric_cirelay_exports_has_a_panel() -> None:
     shown = {name for _, expr in QUERIES for name in referenced_series(expr)}
-    exported = {name.removesuffix("_bucket") for name in families() if not name.endswith(
-        ("_created", "_count", "_sum")
-    )}
+    exported = {
+        name.removesuffix("_bucket")
+        for name in families()
+        if not name.endswith(("_created", "_count", "_sum"))
+    }
     shown_families = {name.removesuffix("_bucket") for name in shown}
     assert exported - shown_families == set()
 
@@ -91,7 +93,9 @@ def test_every_query_is_valid_promql(tools: dict[str, Path], tmp_path: Path) -> 
     path.write_text(yaml.safe_dump(rules))
     done = subprocess.run(
         [str(tools["promtool"]), "check", "rules", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(QUERIES)} rules found" in done.stdout
@@ -101,12 +105,16 @@ def test_promtool_rejects_a_broken_query(tools: dict[str, Path], tmp_path: Path)
     # The check above is only worth something if promtool reads the expressions at all.
     path = tmp_path / "broken.yml"
     broken = as_promql('sum by (state (cirelay_queue_depth{job=~"$job"})')
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"record": "dashboard:broken", "expr": broken}
-    ]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "x", "rules": [{"record": "dashboard:broken", "expr": broken}]}]}
+        )
+    )
     done = subprocess.run(
         [str(tools["promtool"]), "check", "rules", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode != 0
     assert "parse error" in done.stdout + done.stderr

@@ -117,5 +117,14 @@ def test_files_without_a_crd_are_an_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text(yaml.safe_dump({"kind": "ConfigMap"}))
     with pytest.raises(SystemExit, match="no CustomResourceDefinition"):
-        tool.main(["--out", str(tmp_path / "out"), "--wheel", str(wheel), "--versions", "1.29.0",
-                   str(empty)])
+        tool.main(
+            [
+                "--out",
+                str(tmp_path / "out"),
+                "--wheel",
+                str(wheel),
+                "--versions",
+                "1.29.0",
+                str(empty),
+            ]
+        )

@@ -318,9 +318,9 @@ def test_the_service_and_service_monitor_reach_the_container() -> None:
     assert sorted(ports) == ["admin", "http"]
     targets = {port["targetPort"] for port in ports.values()}
     assert targets == {p["name"] for p in container()["ports"]}
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
-        "labels"
-    ].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "admin"  # metrics on the management listener, not the public port
     assert endpoint["path"] == "/metrics"

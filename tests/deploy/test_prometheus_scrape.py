@@ -213,8 +213,17 @@ async def test_prometheus_scrapes_what_an_end_to_end_run_produced(
     tools: dict[str, Path], tmp_path: Path
 ) -> None:
     port, prometheus_port = free_port(), free_port()
-    cirelay_argv = [sys.executable, "-m", "service", "serve", "--sandbox",
-                    "--host", "127.0.0.1", "--port", str(port)]
+    cirelay_argv = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     prometheus_argv = [
         str(tools["prometheus"]),
         f"--config.file={prometheus_config(tmp_path, f'127.0.0.1:{port}')}",

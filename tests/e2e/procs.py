@@ -27,7 +27,7 @@ CALLBACK_SECRET = "e2e-callback-secret"
 START_DEADLINE = 30.0
 
 
-def _environment(settings: Mapping[str, str]) -> dict[str, str]:
+def child_environment(settings: Mapping[str, str]) -> dict[str, str]:
     # The child gets exactly the settings a test chose, never ones leaking from the outer shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
     env.update({"CIRELAY_LOG_FORMAT": "json", **settings})
@@ -90,9 +90,17 @@ def emulator(tmp: Path, **settings: str) -> Process:
         name="emulator",
         port=port,
         log=tmp / "emulator.log",
-        argv=[sys.executable, "-m", "service", "emulator", "--host", "127.0.0.1",
-              "--port", str(port)],
-        env=_environment(
+        argv=[
+            sys.executable,
+            "-m",
+            "service",
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=child_environment(
             {
                 "CIRELAY_EMULATOR_CREDENTIALS": f"{SECRET_ID}:{SECRET_KEY}",
                 "CIRELAY_EMULATOR_JOB_SECONDS": "0.05",
@@ -108,9 +116,8 @@ def service(tmp: Path, emulator_url: str, **settings: str) -> Process:
         name="service",
         port=port,
         log=tmp / "service.log",
-        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
-              "--port", str(port)],
-        env=_environment(
+        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=child_environment(
             {
                 "CIRELAY_DATABASE_URL": f"sqlite:///{tmp / 'cirelay.db'}",
                 "CIRELAY_API_TOKEN": API_TOKEN,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.procs import _environment
+from tests.e2e.procs import child_environment
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_idle_connections_do_not_lock_out_the_probe_or_flood_the_log(tmp_path: P
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = _environment(
+    env = child_environment(
         {
             "CIRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cirelay.db'}",
             "CIRELAY_MAX_CONNECTIONS": "100",

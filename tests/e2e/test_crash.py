@@ -106,9 +106,7 @@ async def test_kill_9_during_intake_loses_no_accepted_job(
     assert len(accepted) >= 20
     assert unanswered  # the kill really landed mid-intake
 
-    service = await start(
-        running, procs.service(tmp_path, emulator.url), "/healthz"
-    )
+    service = await start(running, procs.service(tmp_path, emulator.url), "/healthz")
     # Every job a client was told about is still there.
     for key, job_id in accepted.items():
         async with session.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH) as resp:
@@ -142,6 +140,7 @@ async def test_kill_9_during_submission_creates_nothing_twice(
     await service.terminate()
 
     service = await start(running, procs.service(tmp_path, emulator.url), "/healthz")
+
     async def some_created() -> bool:
         return await procs.created_at_ci(session, emulator.url) >= 8
 
@@ -169,6 +168,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
         answer = await post(session, service.url, f"job{i}", f"key{i}")
         assert answer is not None
         assert answer[0] == 202
+
     async def some_created() -> bool:
         return await procs.created_at_ci(session, emulator.url) >= 4
 

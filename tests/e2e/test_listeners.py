@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.procs import _environment
+from tests.e2e.procs import child_environment
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def listening_urls(log: Path) -> list[str]:
 def serve(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     port, admin = free_port(), free_port()
     log = tmp_path / "serve.log"
-    env = _environment(
+    env = child_environment(
         {
             "CIRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cirelay.db'}",
             "CIRELAY_ADMIN_PORT": str(admin),

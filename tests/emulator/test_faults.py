@@ -100,9 +100,7 @@ async def test_duplicate_rate_one_delivers_every_callback_twice(
     arrived = await receiver.wait_for(6)
     await wait_idle(emulator)
 
-    per_job = Counter(
-        parse_xml(item.body)["Response"]["JobsDetail"]["JobId"] for item in arrived
-    )
+    per_job = Counter(parse_xml(item.body)["Response"]["JobsDetail"]["JobId"] for item in arrived)
     assert sorted(per_job.values()) == [2, 2, 2]
     assert emulator.stats.callbacks_duplicated == 3
     assert emulator.stats.callbacks_delivered == 6
@@ -120,9 +118,7 @@ async def test_drop_rate_one_delivers_nothing(
     assert emulator.stats.callbacks_due == 3
 
 
-async def test_drop_rate_half_drops_some(
-    start_emulator: StartEmulator, receiver: Receiver
-) -> None:
+async def test_drop_rate_half_drops_some(start_emulator: StartEmulator, receiver: Receiver) -> None:
     emulator = await start_emulator(
         emulator_settings(emulator_drop_rate=0.5, emulator_objects_per_prefix=20)
     )
@@ -137,9 +133,7 @@ async def test_drop_rate_half_drops_some(
 async def test_reorder_delivers_a_batchs_callbacks_latest_first(
     start_emulator: StartEmulator, receiver: Receiver
 ) -> None:
-    emulator = await start_emulator(
-        emulator_settings(emulator_reorder=True, emulator_workers=1)
-    )
+    emulator = await start_emulator(emulator_settings(emulator_reorder=True, emulator_workers=1))
     batch = await create(emulator.sdk(), CallBack=receiver.url)
 
     arrived = await receiver.wait_for(3)

@@ -59,7 +59,10 @@ async def list_all(sdk: CosS3Client, **filters: Any) -> list[dict[str, Any]]:
     token = ""
     while True:
         page = await sdk_call(
-            sdk.ci_list_inventory_trigger_jobs, Bucket=BUCKET, Type="Job", NextToken=token,
+            sdk.ci_list_inventory_trigger_jobs,
+            Bucket=BUCKET,
+            Type="Job",
+            NextToken=token,
             **filters,
         )
         found += page.get("JobsDetail", [])
@@ -269,4 +272,3 @@ async def test_media_list_requires_a_tag(emulator: Emulator) -> None:
     status, error = await sdk_error(emulator.sdk().ci_list_media_jobs, Bucket=BUCKET, Tag="")
     assert (status, error["Code"]) == (400, "InvalidArgument")
     assert "tag" in error["Message"]
-

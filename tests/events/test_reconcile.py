@@ -390,3 +390,31 @@ async def test_a_callback_under_another_jobs_token_is_refused_once_ci_listed_the
     assert (await resp.json())["error"]["code"] == "wrong_batch"
     assert await rig.events(other.id) == []
     assert rig.metric("cirelay_events_rejected_total", source="http", reason="wrong_batch") == 1
+
+
+async def test_an_event_taken_under_another_jobs_token_moves_to_its_job_once_ci_lists_it(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(emulator_drop_rate=1.0)
+    victim, other = await rig.submit(), await rig.submit()
+    await rig.settle()
+    assert victim.ci_job_id is not None
+    page = await rig.app[CI_CLIENT].list_media_jobs(
+        BUCKET, REGION, tag="Transcode", inventory_trigger_job_id=victim.ci_job_id
+    )
+    forged = {"Response": {"EventName": "TaskFinish", "JobsDetail": [page.jobs[0]]}}
+    token = callback_token(rig.app[SETTINGS].callback_key, other.id)
+    # Before the reconciler saw the listing nothing tells the media job's batch: taken.
+    resp = await rig.client.post(
+        f"/v1/callbacks/{token}",
+        data=json.dumps(forged),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 200
+    assert len(await rig.events(other.id)) == 1
+
+    await rig.reconcile(past_grace=False)
+    assert await rig.events(other.id) == []
+    [moved] = await rig.events(victim.id)
+    assert (moved["job_id"], moved["batch_id"]) == (page.jobs[0]["JobId"], victim.ci_job_id)
+    assert rig.metric("cirelay_events_rejected_total", source="http", reason="wrong_batch") == 1

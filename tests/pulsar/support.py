@@ -213,4 +213,3 @@ def event_rows(db_path: Path) -> list[dict[str, Any]]:
 
 def db_path_of(settings: Settings) -> Path:
     return Path(settings.sqlite_path)
-

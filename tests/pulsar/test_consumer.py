@@ -70,10 +70,16 @@ async def test_xml_and_json_events_are_stored_and_acknowledged(
         )
         assert stats["msgBacklog"] == 0
         registry = client.app[METRICS].registry
-        assert sample(
-            registry, "cirelay_events_received_total",
-            source="pulsar", format="xml", event_type="TaskFinish",
-        ) == 2
+        assert (
+            sample(
+                registry,
+                "cirelay_events_received_total",
+                source="pulsar",
+                format="xml",
+                event_type="TaskFinish",
+            )
+            == 2
+        )
         counts = await settled_outcomes(registry, "events", {"acked": 4})
         assert counts == {"acked": 4, "retried": 0, "refused": 0, "dead_lettered": 0}
         resp = await client.get("/readyz")
@@ -105,7 +111,9 @@ async def test_acknowledged_only_after_the_event_is_durable(
     shut down meanwhile. The message must not have been acknowledged: the next app gets it."""
     events = topic("ci-durable")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker, CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_EVENTS_TOPIC=events,
         CIRELAY_SHUTDOWN_GRACE_SECONDS="0.2",
     )
     db = db_path_of(settings)
@@ -133,8 +141,11 @@ async def test_acknowledged_only_after_the_event_is_durable(
         # The first app may have committed the handed-over row after the lock went: then the
         # second one sees a duplicate; either way it was delivered again.
         again = sample(
-            registry, "cirelay_events_received_total",
-            source="pulsar", format="xml", event_type="TaskFinish",
+            registry,
+            "cirelay_events_received_total",
+            source="pulsar",
+            format="xml",
+            event_type="TaskFinish",
         ) + sample(registry, "cirelay_events_duplicate_total", source="pulsar")
         assert again == 1
     assert [row["job_id"] for row in event_rows(db)] == ["jlocked"]
@@ -202,9 +213,12 @@ async def test_a_message_that_never_parses_is_dead_lettered_after_redeliveries(
         assert stats["msgOutCounter"] == 4  # 3 deliveries of the poison + the good one
         registry = client.app[METRICS].registry
         # Counted and kept once, though delivered three times.
-        assert sample(
-            registry, "cirelay_events_rejected_total", source="pulsar", reason="malformed_xml"
-        ) == 1
+        assert (
+            sample(
+                registry, "cirelay_events_rejected_total", source="pulsar", reason="malformed_xml"
+            )
+            == 1
+        )
         counts = await settled_outcomes(registry, "events", {"acked": 1, "dead_lettered": 1})
         assert counts == {"acked": 1, "retried": 0, "refused": 2, "dead_lettered": 1}
     assert [row["job_id"] for row in event_rows(db)] == ["jgood"]
@@ -218,8 +232,11 @@ async def test_an_oversized_message_is_refused_as_too_large(
 ) -> None:
     events = topic("ci-large")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker, CIRELAY_PULSAR_EVENTS_TOPIC=events,
-        CIRELAY_PULSAR_MAX_REDELIVERIES="0", CIRELAY_MAX_BODY_BYTES="512",
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        CIRELAY_PULSAR_MAX_REDELIVERIES="0",
+        CIRELAY_MAX_BODY_BYTES="512",
     )
     body = task_finish_xml("jbig") + b" " * 1024
     await publish(pulsar_client, events, [body])
@@ -229,9 +246,12 @@ async def test_an_oversized_message_is_refused_as_too_large(
         assert dead.properties()["cirelay-deliveries"] == "1"
         assert dead.data() == body
         registry = client.app[METRICS].registry
-        assert sample(
-            registry, "cirelay_events_rejected_total", source="pulsar", reason="body_too_large"
-        ) == 1
+        assert (
+            sample(
+                registry, "cirelay_events_rejected_total", source="pulsar", reason="body_too_large"
+            )
+            == 1
+        )
 
 
 @pytest.mark.parametrize("form", ["list", "pattern"])
@@ -253,7 +273,9 @@ async def test_several_topics_by_list_or_pattern(
 async def test_not_ready_until_the_broker_answers(tmp_path: Path, pulsar_broker: Broker) -> None:
     """A broker address where nothing listens: the app starts, /readyz says why it is not ready."""
     settings = pulsar_settings(
-        tmp_path, pulsar_broker, CIRELAY_PULSAR_URL="pulsar://127.0.0.1:9",
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_URL="pulsar://127.0.0.1:9",
         CIRELAY_PULSAR_EVENTS_TOPIC=topic("ci-nobroker"),
     )
     async with running_app(settings) as client:
@@ -264,11 +286,11 @@ async def test_not_ready_until_the_broker_answers(tmp_path: Path, pulsar_broker:
         assert client.app[METRICS].registry.get_sample_value("cirelay_pulsar_connected") == 0
 
 
-async def test_a_refused_token_is_reported_not_ready(
-    tmp_path: Path, pulsar_broker: Broker
-) -> None:
+async def test_a_refused_token_is_reported_not_ready(tmp_path: Path, pulsar_broker: Broker) -> None:
     settings = pulsar_settings(
-        tmp_path, pulsar_broker, CIRELAY_PULSAR_TOKEN="not-a-token",
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_TOKEN="not-a-token",
         CIRELAY_PULSAR_EVENTS_TOPIC=topic("ci-badtoken"),
     )
     async with running_app(settings) as client:
@@ -312,9 +334,7 @@ def test_settings_refuse_bad_pulsar_values(variable: str, value: str) -> None:
 
 
 async def test_a_bad_topic_setting_stops_start_up(tmp_path: Path) -> None:
-    settings = pulsar_settings(
-        tmp_path, _Nowhere(), CIRELAY_PULSAR_EVENTS_TOPIC="re:"
-    )
+    settings = pulsar_settings(tmp_path, _Nowhere(), CIRELAY_PULSAR_EVENTS_TOPIC="re:")
     with pytest.raises(SettingsError, match="CIRELAY_PULSAR_EVENTS_TOPIC"):
         async with running_app(settings):
             pass
@@ -369,7 +389,9 @@ async def test_a_message_whose_parsing_raises_is_dead_lettered_not_retried(
 ) -> None:
     events = topic("ci-raises")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker, CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_EVENTS_TOPIC=events,
         CIRELAY_PULSAR_MAX_REDELIVERIES="0",
     )
     # An integer past Python's int-conversion limit: the parser raises, the message is at fault.

@@ -49,13 +49,20 @@ async def test_valid_jobs_are_queued_then_acknowledged(
 ) -> None:
     intake = topic("jobs")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     await publish(
-        pulsar_client, intake, [request_json("from-json", level=2)],
-        {"content-type": "application/json", "idempotency-key": "k-1",
-         "bucket": "other-1250000000", "region": "ap-beijing"},
+        pulsar_client,
+        intake,
+        [request_json("from-json", level=2)],
+        {
+            "content-type": "application/json",
+            "idempotency-key": "k-1",
+            "bucket": "other-1250000000",
+            "region": "ap-beijing",
+        },
     )
     # No properties at all: the format is sniffed, the target is the configured default.
     await publish(pulsar_client, intake, [request_xml("from-xml")])
@@ -82,7 +89,8 @@ async def test_a_repeated_idempotency_key_is_one_job(
 ) -> None:
     intake = topic("jobs-idem")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     body = request_json("twice")
@@ -97,7 +105,8 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
 ) -> None:
     intake = topic("jobs-bad")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     no_tag = request_tree("no-tag")
@@ -119,7 +128,13 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
         dead = await read_topic(pulsar_client, intake + "-DLQ", len(cases) - 1)
         by_case = {m.properties()["case"]: m for m in dead}
         assert sorted(by_case) == [
-            "callback", "conflict", "document", "key", "media", "rules", "target"
+            "callback",
+            "conflict",
+            "document",
+            "key",
+            "media",
+            "rules",
+            "target",
         ]
         reasons = {case: m.properties()["cirelay-reason"] for case, m in by_case.items()}
         assert reasons == {
@@ -139,9 +154,7 @@ async def test_invalid_jobs_are_dead_lettered_with_their_errors(
         assert callback["path"] == "Request.Operation.CallBack"
         assert "link-local or metadata address 169.254.169.254" in callback["message"]
         assert by_case["document"].data() == b"<Request><Name>x</Name>"  # the body is kept
-        await wait_until(
-            lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged"
-        )
+        await wait_until(lambda: _settled(admin, intake, delivered=len(cases)), "all acknowledged")
         assert [job["request"]["Name"] for job in await jobs(client)] == ["first"]
         counts = await settled_outcomes(
             client.app[METRICS].registry, "intake", {"acked": 1, "dead_lettered": 7}
@@ -154,7 +167,8 @@ async def test_a_database_failure_redelivers_the_job_until_it_is_queued(
 ) -> None:
     intake = topic("jobs-transient")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     db = Path(settings.sqlite_path)
@@ -207,7 +221,10 @@ def test_read_job_needs_a_target(tmp_path: Path) -> None:
 
 def test_read_job_refuses_a_body_over_the_limit(tmp_path: Path) -> None:
     settings = pulsar_settings(
-        tmp_path, _NoBroker(), CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION,
+        tmp_path,
+        _NoBroker(),
+        CIRELAY_CI_BUCKET=BUCKET,
+        CIRELAY_CI_REGION=REGION,
         CIRELAY_MAX_BODY_BYTES="64",
     )
     with pytest.raises(InvalidJob) as caught:
@@ -260,7 +277,8 @@ async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
 ) -> None:
     intake = topic("jobs-raises")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
+        tmp_path,
+        pulsar_broker,
         **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
     )
     # An integer past Python's int-conversion limit: the parser raises, the message is at fault.
@@ -273,3 +291,16 @@ async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
             client.app[METRICS].registry, "intake", {"dead_lettered": 1}
         )
         assert counts == {"acked": 0, "retried": 0, "refused": 0, "dead_lettered": 1}
+
+
+def test_read_job_refuses_a_request_whose_xml_form_is_over_cis_limit(tmp_path: Path) -> None:
+    settings = pulsar_settings(
+        tmp_path,
+        _NoBroker(),
+        CIRELAY_CI_BUCKET=BUCKET,
+        CIRELAY_CI_REGION=REGION,
+    )
+    with pytest.raises(InvalidJob) as caught:
+        read_job(request_json(UserData="<" * 400_000), {}, "ref", settings)
+    assert caught.value.code == "request_too_large"
+    assert "1048576" in caught.value.message

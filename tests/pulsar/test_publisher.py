@@ -52,14 +52,17 @@ async def test_new_events_are_published_as_json_keyed_by_job(
 ) -> None:
     events, output = topic("ci-in"), topic("cirelay-out")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
-        CIRELAY_PULSAR_EVENTS_TOPIC=events, CIRELAY_PULSAR_OUTPUT_TOPIC=output,
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        CIRELAY_PULSAR_OUTPUT_TOPIC=output,
     )
     # From Pulsar and from a URL callback: the outbox carries every new event, whatever its source.
     await publish(pulsar_client, events, [task_finish_xml("jp1"), task_finish_json("jp2")])
     async with running_app(settings) as client:
         resp = await client.post(
-            f"/v1/callbacks/{STATIC_TOKEN}", data=task_finish_json("jp3"),
+            f"/v1/callbacks/{STATIC_TOKEN}",
+            data=task_finish_json("jp3"),
             headers={"Content-Type": "application/json"},
         )
         assert resp.status == 200
@@ -123,13 +126,16 @@ async def test_events_wait_in_the_outbox_while_the_broker_is_unreachable(
 ) -> None:
     output = topic("cirelay-out-later")
     unreachable = pulsar_settings(
-        tmp_path, pulsar_broker,
-        CIRELAY_PULSAR_URL="pulsar://127.0.0.1:9", CIRELAY_PULSAR_OUTPUT_TOPIC=output,
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_URL="pulsar://127.0.0.1:9",
+        CIRELAY_PULSAR_OUTPUT_TOPIC=output,
     )
     async with running_app(unreachable) as client:
         for n in range(3):
             resp = await client.post(
-                f"/v1/callbacks/{STATIC_TOKEN}", data=task_finish_xml(f"jw{n}"),
+                f"/v1/callbacks/{STATIC_TOKEN}",
+                data=task_finish_xml(f"jw{n}"),
                 headers={"Content-Type": "application/xml"},
             )
             assert resp.status == 200

@@ -87,8 +87,10 @@ async def test_a_broker_restart_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     events, output = topic("ci-restart"), topic("cirelay-out-restart")
     settings = pulsar_settings(
-        tmp_path, pulsar_broker,
-        CIRELAY_PULSAR_EVENTS_TOPIC=events, CIRELAY_PULSAR_OUTPUT_TOPIC=output,
+        tmp_path,
+        pulsar_broker,
+        CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        CIRELAY_PULSAR_OUTPUT_TOPIC=output,
     )
     db = db_path_of(settings)
     total = 600
@@ -216,7 +218,9 @@ async def test_tdmq_callbacks_end_to_end_exactly_once_across_kill_9(
             )
             tree["Input"] = {"Prefix": "in/"}
             async with session.post(
-                first.url + "/v1/jobs", json={"Request": tree}, headers=AUTH,
+                first.url + "/v1/jobs",
+                json={"Request": tree},
+                headers=AUTH,
                 params={"bucket": BUCKET, "region": REGION},
             ) as resp:
                 assert resp.status == 202, await resp.text()
@@ -230,7 +234,8 @@ async def test_tdmq_callbacks_end_to_end_exactly_once_across_kill_9(
         for job_id in job_ids:
             job = await wait_until(
                 functools.partial(_job_if_ended, session, second.url, job_id),
-                f"job {job_id} to end", WAIT,
+                f"job {job_id} to end",
+                WAIT,
             )
             assert job["state"] == "succeeded"
             job_events = await _events_of(session, second.url, job_id)

@@ -39,12 +39,16 @@ def request_json(name: str = "demo", **kwargs: Any) -> bytes:
 def request_xml(name: str = "demo", *, level: int | None = None) -> bytes:
     level_node = f"<JobLevel>{level}</JobLevel>" if level is not None else ""
     return (
-        "<Request><Name>{name}</Name><Type>Job</Type><Input><Object>in/a.mp4</Object></Input>"
-        "<Operation><Tag>Transcode</Tag><QueueId>p893bcda225bf4945a378da6662e81a89</QueueId>"
-        "<JobParam><TemplateId>t1460606b9752148c4ab182f55163ba7cd</TemplateId></JobParam>"
-        f"<Output><Region>{REGION}</Region><Bucket>{BUCKET}</Bucket>"
-        "<Object>out/${{InventoryTriggerJobId}}.mp4</Object></Output>{level}</Operation></Request>"
-    ).format(name=name, level=level_node).encode()
+        (
+            "<Request><Name>{name}</Name><Type>Job</Type><Input><Object>in/a.mp4</Object></Input>"
+            "<Operation><Tag>Transcode</Tag><QueueId>p893bcda225bf4945a378da6662e81a89</QueueId>"
+            "<JobParam><TemplateId>t1460606b9752148c4ab182f55163ba7cd</TemplateId></JobParam>"
+            f"<Output><Region>{REGION}</Region><Bucket>{BUCKET}</Bucket>"
+            "<Object>out/${{InventoryTriggerJobId}}.mp4</Object></Output>{level}</Operation></Request>"
+        )
+        .format(name=name, level=level_node)
+        .encode()
+    )
 
 
 _job_numbers = itertools.count()

@@ -32,7 +32,11 @@ async def test_jobs_reach_ci_once_each_in_priority_order(make_rig: RigFactory) -
     assert all(j is not None and j.state == "submitted" and j.attempts == 1 for j in jobs)
     order = sorted(jobs, key=lambda j: j.submitted_at or 0)  # type: ignore[union-attr]
     assert [j.submit_name.split("-")[0] for j in order if j] == [
-        "high1", "high2", "mid1", "low1", "low2"
+        "high1",
+        "high2",
+        "mid1",
+        "low1",
+        "low2",
     ]
     # CI's list call shows exactly these five names, each once, each with our CI job id.
     assert sorted(await rig.names_at_ci()) == sorted(j.submit_name for j in jobs if j)
@@ -59,9 +63,7 @@ async def test_injected_5xx_are_retried_until_every_job_is_created_once(
 
 
 async def test_retries_back_off_with_full_jitter_within_the_cap(make_rig: RigFactory) -> None:
-    rig = await make_rig(
-        emulator_error_rate=1.0, retry_base_seconds=100.0, retry_cap_seconds=150.0
-    )
+    rig = await make_rig(emulator_error_rate=1.0, retry_base_seconds=100.0, retry_cap_seconds=150.0)
     (job,) = await rig.enqueue(["always-failing"])
     submitter = rig.submitter(workers=1)
     before = time.time()
@@ -170,9 +172,7 @@ async def test_lost_answers_are_resolved_by_name_without_a_second_create(
     make_rig: RigFactory,
 ) -> None:
     # CI carries out the create but answers 500: the in-doubt case, every time it happens.
-    rig = await make_rig(
-        emulator_lost_response_rate=0.4, retry_max_attempts=30
-    )
+    rig = await make_rig(emulator_lost_response_rate=0.4, retry_max_attempts=30)
     jobs = await rig.enqueue([f"job{i}" for i in range(20)])
 
     await rig.submitter().run_burst()
@@ -331,7 +331,7 @@ async def test_the_callback_is_wired_to_cirelay_unless_tdmq_or_no(
         assert callback is not None
         prefix = "https://relay.example.com/v1/callbacks/"
         assert callback.startswith(prefix)
-        assert job_id_from_token(rig.settings.callback_key, callback[len(prefix):]) == job.id
+        assert job_id_from_token(rig.settings.callback_key, callback[len(prefix) :]) == job.id
     else:
         assert callback == expected
     # The stored request keeps the caller's own choice.

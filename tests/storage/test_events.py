@@ -235,6 +235,63 @@ async def test_rejected_bodies_are_kept_bounded(storage: Storage) -> None:
     ]
 
 
+async def test_rejected_filters_get_update_delete(storage: Storage) -> None:
+    for source, reason in [
+        ("http", "malformed_xml"),
+        ("pulsar", "malformed_xml"),
+        ("http", "doctype"),
+    ]:
+        await storage.events.reject(
+            received_at="2024-01-01T00:00:00Z",
+            source=source,
+            reason=reason,
+            message=f"{source} {reason}",
+            content_type="application/xml",
+            body=b"<x/>",
+        )
+    events = storage.events
+    assert [r.message for r in await events.rejected(reason="malformed_xml")] == [
+        "http malformed_xml",
+        "pulsar malformed_xml",
+    ]
+    [pulsar] = await events.rejected(reason="malformed_xml", source="pulsar")
+    assert [r.message for r in await events.rejected(source="http")] == [
+        "http malformed_xml",
+        "http doctype",
+    ]
+    assert await events.get_rejected(pulsar.id) == pulsar
+    await events.update_rejected(pulsar.id, "too_deep", "still refused")
+    updated = await events.get_rejected(pulsar.id)
+    assert updated is not None
+    assert (updated.reason, updated.message, updated.body) == ("too_deep", "still refused", b"<x/>")
+    await events.delete_rejected(pulsar.id)
+    assert await events.get_rejected(pulsar.id) is None
+    assert len(await events.rejected()) == 2
+
+
+async def test_reattribute_moves_only_events_linked_elsewhere(storage: Storage) -> None:
+    await storage.events.store(
+        [
+            event("wrong", job_id="m1", cirelay_job_id="jobA", batch_id="batchA"),
+            event("right", job_id="m2", cirelay_job_id="jobB", batch_id="batchB"),
+            event("unlinked", job_id="m3"),
+            event("other", job_id="m9", cirelay_job_id="jobA", batch_id="batchA"),
+        ]
+    )
+    moved = await storage.events.reattribute("jobB", "batchB", ["m1", "m2", "m3"])
+    assert moved == ["http"]  # only the event linked to another job moved
+    links = {
+        e["event_id"]: (e["cirelay_job_id"], e["batch_id"])
+        for _, e in await storage.events.feed(limit=10)
+    }
+    assert links == {
+        "wrong": ("jobB", "batchB"),
+        "right": ("jobB", "batchB"),
+        "unlinked": (None, None),  # link_job fills those in
+        "other": ("jobA", "batchA"),
+    }
+
+
 async def test_rejected_metadata_with_a_nul_is_kept(storage: Storage, backend: str) -> None:
     # A Pulsar property may carry any character; PostgreSQL text cannot hold a NUL.
     await storage.events.reject(

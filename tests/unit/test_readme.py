@@ -11,7 +11,7 @@ def test_readme_configuration_reference_is_generated_from_settings() -> None:
     text = README.read_text()
     assert settings_markdown() in text, (
         "README's configuration reference is stale: regenerate it with "
-        "`python -c 'import pathlib,service.reference as r; p=pathlib.Path(\"README.md\"); "
+        '`python -c \'import pathlib,service.reference as r; p=pathlib.Path("README.md"); '
         "p.write_text(r.replace_in(p.read_text()))'`"
     )
     assert replace_in(text) == text

@@ -68,6 +68,11 @@ def test_the_redaction_keys_are_the_secret_settings() -> None:
         ("/v1/callbacks/abc.def", "/v1/callbacks/[redacted]"),
         ("POST /v1/callbacks/tok?x=1 HTTP/1.1", "POST /v1/callbacks/[redacted]?x=1 HTTP/1.1"),
         ("/v1/jobs/abc", "/v1/jobs/abc"),
+        ("/v1/callbacks/[redacted] 200", "/v1/callbacks/[redacted] 200"),
+        (
+            "at /v1/callbacks/[redacted] and /v1/callbacks/t2",
+            "at /v1/callbacks/[redacted] and /v1/callbacks/[redacted]",
+        ),
     ],
 )
 def test_callback_tokens_are_cut_from_paths(path: str, logged: str) -> None:

@@ -16,7 +16,7 @@ from service.request import (
 )
 from service.xmlsafe import DocumentError
 
-# The "Request body" sample of /work/shared/seed/inventorytriggerjob.txt, copied verbatim
+# The "Request body" sample of CI's API document, inventorytriggerjob.txt, copied verbatim
 # (indentation included).
 SEED_SAMPLE = b"""    <Request>
     <Name>demo</Name>
@@ -351,55 +351,6 @@ def test_requests_are_hashable_values() -> None:
     assert first == second
     assert hash(first) == hash(second)
     assert len({first, second}) == 1
-
-
-# ------------------------------------------------------------------------- with_name / callback
-
-
-def test_with_name() -> None:
-    request = parse_request(SEED_SAMPLE)
-    renamed = request.with_name("cirelay-01HZX")
-    assert renamed.name == "cirelay-01HZX"
-    assert renamed.operation == request.operation
-    assert request.name == "demo"
-
-
-def test_with_name_is_validated() -> None:
-    with pytest.raises(RequestInvalid) as caught:
-        parse_request(SEED_SAMPLE).with_name("no spaces allowed")
-    assert [e.as_dict() for e in caught.value.errors] == [
-        {
-            "path": "Request.Name",
-            "message": "may contain only letters, digits, hyphens and underscores, "
-            "not 'no spaces allowed'",
-        }
-    ]
-
-
-def test_with_callback() -> None:
-    request = parse_request(SEED_SAMPLE)
-    changed = request.with_callback("https://relay.example/cb/t0k3n")
-    assert changed.operation.callback == "https://relay.example/cb/t0k3n"
-    assert changed.operation.callback_format is None
-    both = request.with_callback("https://relay.example/cb/t0k3n", fmt="JSON")
-    assert (both.operation.callback, both.operation.callback_format) == (
-        "https://relay.example/cb/t0k3n",
-        "JSON",
-    )
-    assert request.operation.callback == "https://www.callback.com"
-
-
-def test_with_callback_keeps_the_callback_type() -> None:
-    request = request_from_tree(FULL_TREE).with_callback("https://relay.example/cb", fmt="XML")
-    assert (request.operation.callback_type, request.operation.callback_format) == ("TDMQ", "XML")
-
-
-def test_with_callback_format_is_validated() -> None:
-    with pytest.raises(RequestInvalid) as caught:
-        parse_request(SEED_SAMPLE).with_callback("https://relay.example/cb", fmt="YAML")
-    assert [(e.path, e.message) for e in caught.value.errors] == [
-        ("Request.Operation.CallBackFormat", "must be JSON or XML, not 'YAML'")
-    ]
 
 
 # ------------------------------------------------------------------------------ bad documents

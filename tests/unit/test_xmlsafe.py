@@ -1,7 +1,13 @@
 from __future__ import annotations
 
-import pytest
+import json
+from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service import xmlsafe
 from service.xmlsafe import DocumentError, parse_json, parse_xml, sniff_format, unparse_xml
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -122,3 +128,117 @@ def test_json_refuses_a_nul_when_asked(body: bytes) -> None:
 def test_json_keeps_a_backslash_written_before_u0000() -> None:
     # An escaped backslash followed by "u0000" is six ordinary characters, not a NUL.
     assert parse_json(b'{"a": "\\\\u0000"}', refuse_nul=True) == {"a": "\\u0000"}
+
+
+# --- properties: any bytes get a tree or a documented refusal ------------------------------------
+
+XML_REASONS = {"empty", "malformed_xml", "doctype", "too_deep"}
+JSON_REASONS = {"empty", "malformed_json", "too_deep"}
+
+# Documents built from the parts that make XML readers differ: repeated and always-list names,
+# attributes, mixed content, blank text, comments, CDATA, entities and character references.
+_NAMES = st.sampled_from(["A", "B", "ObjectName", "Tasks"])
+_TEXT = st.sampled_from(
+    ["", " ", "\n  ", "x", " y ", "&amp;", "&#20013;", "<![CDATA[ c&d ]]>", "<!-- n -->", "悯"]
+)
+
+
+@st.composite
+def _xml_elements(draw: st.DrawFn, depth: int = 0) -> str:
+    name = draw(_NAMES)
+    attributes = "".join(
+        f' a{index}="{value}"'
+        for index, value in enumerate(draw(st.lists(_TEXT, max_size=2)))
+        if "<" not in value
+    )
+    parts = [draw(_TEXT)]
+    if depth < 4:
+        for child in draw(st.lists(_xml_elements(depth + 1), max_size=3)):
+            parts += [child, draw(_TEXT)]
+    return f"<{name}{attributes}>{''.join(parts)}</{name}>"
+
+
+def _outcome(read: Any) -> tuple[str, Any]:
+    try:
+        return "read", read()
+    except DocumentError as exc:
+        return "refused", exc.reason
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.builds(
+        lambda prolog, element, depth: (prolog + element, depth),
+        st.sampled_from(["", '<?xml version="1.0" encoding="utf-8"?>', "<?xml version='1.0'?>\n"]),
+        _xml_elements(),
+        st.integers(min_value=1, max_value=6),
+    )
+)
+def test_both_xml_readers_build_the_same_tree(document: tuple[str, int]) -> None:
+    text, depth = document
+    body = text.encode()
+    listed = frozenset({"ObjectName", "Tasks"})
+
+    fast = _outcome(lambda: parse_xml(body, force_list=listed, max_depth=depth))
+    strict = _outcome(lambda: xmlsafe._parse_xml_strict(body, listed, depth))
+
+    assert fast == strict
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_any_bytes_parse_as_xml_or_get_a_documented_refusal(body: bytes) -> None:
+    outcome, value = _outcome(lambda: parse_xml(body, force_list=("A",), max_depth=8))
+    assert type(value) is dict if outcome == "read" else value in XML_REASONS
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["A", "B", "ObjectName"]), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES)
+def test_json_values_are_read_exactly(value: Any) -> None:
+    # Integers past 64 bits and floats included: what the standard library would read.
+    body = json.dumps(value).encode()
+    assert parse_json(body) == json.loads(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_any_bytes_parse_as_json_or_get_a_documented_refusal(body: bytes) -> None:
+    outcome, value = _outcome(lambda: parse_json(body, force_list=("A",), max_depth=8))
+    assert outcome == "read" or value in JSON_REASONS
+
+
+@pytest.mark.parametrize("digits", [4301, 100_000])
+def test_a_json_number_too_long_to_read_is_refused(digits: int) -> None:
+    with pytest.raises(DocumentError) as info:
+        parse_json(b'{"JobLevel": ' + b"7" * digits + b"}")
+    assert info.value.reason == "malformed_json"
+    assert "number" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'<?xml version="1.0"?>\n<!DOCTYPE r><r/>', "doctype"),
+        ("<?xml version='1.0' encoding='UTF-16'?><!DOCTYPE r><r/>".encode("utf-16"), "doctype"),
+        (b"\xef\xbb\xbf<!DOCTYPE r [<!ENTITY e 'x'>]><r>&e;</r>", "doctype"),
+        # A DOCTYPE no byte search would find, in an encoding expat cannot read: refused.
+        (b'<?xml version="1.0" encoding="utf-7"?>+ADw-!DOCTYPE r+AD4-<r/>', "malformed_xml"),
+    ],
+    ids=["ascii", "utf16", "bom", "utf7"],
+)
+def test_doctype_is_refused_whatever_reader_takes_the_document(body: bytes, reason: str) -> None:
+    assert _outcome(lambda: parse_xml(body)) == ("refused", reason)

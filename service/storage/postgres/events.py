@@ -110,6 +110,10 @@ _INSERT_REJECTED = (
 )
 # Rows of transactions older than every one still running: all of them are visible now, and
 # whatever commits later sorts after them. See the module docstring.
+_REJECTED_SELECT = (
+    "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
+    " FROM rejected_callbacks"
+)
 _SETTLED = "xid < pg_snapshot_xmin(pg_current_snapshot())"
 _EVENT_SELECT = "SELECT xid, seq, batch_id, cirelay_job_id, body FROM events"
 # Events per INSERT: bounds one transaction's size and how long it holds its locks.
@@ -251,6 +255,24 @@ class PostgresEventLog:
             )
         return _row_count(own) + _row_count(media)
 
+    async def reattribute(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
+    ) -> list[str]:
+        """Events of these media jobs (CI lists them under ``batch_id``) that are linked to
+        another job or batch, linked to this job and batch instead; the source of each moved."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "UPDATE events SET batch_id = $1, cirelay_job_id = $2"
+                " WHERE job_id = ANY($3::text[])"
+                # As on SQLite: an unset link is no mismatch (link_job fills those in).
+                " AND (batch_id <> $1 OR cirelay_job_id <> $2)"
+                " RETURNING source",
+                batch_id,
+                cirelay_job_id,
+                list(media_job_ids),
+            )
+        return [row[0] for row in rows]
+
     # --- reads ------------------------------------------------------------------------------
 
     async def feed(
@@ -301,16 +323,49 @@ class PostgresEventLog:
             )
         return {row[0] for row in rows}
 
-    async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
-        """Refused callbacks kept for replay, oldest first."""
+    # --- refused bodies: listing and replay (the /v1/rejected routes) ------------------------
+
+    async def rejected(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        reason: str | None = None,
+        source: str | None = None,
+    ) -> list[RejectedCallback]:
+        """Refused callbacks kept for replay, oldest first, after id ``after``; optionally only
+        those of one ``reason`` and one ``source``."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
-                " FROM rejected_callbacks WHERE id > $1 ORDER BY id LIMIT $2",
+                f"{_REJECTED_SELECT} WHERE id > $1"
+                " AND ($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR source = $3)"
+                " ORDER BY id LIMIT $4",
                 after,
+                reason,
+                source,
                 limit,
             )
         return [RejectedCallback(*row) for row in rows]
+
+    async def get_rejected(self, rejected_id: int) -> RejectedCallback | None:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(f"{_REJECTED_SELECT} WHERE id = $1", rejected_id)
+        return RejectedCallback(*row) if row is not None else None
+
+    async def delete_rejected(self, rejected_id: int) -> None:
+        """Forget a refused body (its replay was accepted)."""
+        async with self._db.connection() as conn:
+            await conn.execute("DELETE FROM rejected_callbacks WHERE id = $1", rejected_id)
+
+    async def update_rejected(self, rejected_id: int, reason: str, message: str) -> None:
+        """Record why a replayed body was refused again (today's pipeline may say otherwise)."""
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "UPDATE rejected_callbacks SET reason = $1, message = $2 WHERE id = $3",
+                _text(reason),
+                _text(message),
+                rejected_id,
+            )
 
     # --- the outbox (drained by the Pulsar publisher) ---------------------------------------
 

@@ -214,6 +214,23 @@ class SQLiteEventLog:
                 changed += cur.rowcount
         return changed
 
+    async def reattribute(
+        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
+    ) -> list[str]:
+        """Events of these media jobs (CI lists them under ``batch_id``) that are linked to
+        another job or batch, linked to this job and batch instead; the source of each moved."""
+        moved: list[str] = []
+        async with self._db.transaction() as conn:
+            for chunk in _chunks(list(media_job_ids)):
+                rows = await conn.execute_fetchall(
+                    "UPDATE events SET batch_id = ?, cirelay_job_id = ?"
+                    f" WHERE job_id IN ({marks(chunk)})"
+                    " AND (batch_id != ? OR cirelay_job_id != ?) RETURNING source",
+                    (batch_id, cirelay_job_id, *chunk, batch_id, cirelay_job_id),
+                )
+                moved.extend(row[0] for row in rows)
+        return moved
+
     # --- reads ------------------------------------------------------------------------------
 
     async def feed(
@@ -272,15 +289,53 @@ class SQLiteEventLog:
                 found.update(row[0] for row in rows)
         return found
 
-    async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
-        """Refused callbacks kept for replay, oldest first."""
+    # --- refused bodies: listing and replay (the /v1/rejected routes) ------------------------
+
+    async def rejected(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        reason: str | None = None,
+        source: str | None = None,
+    ) -> list[RejectedCallback]:
+        """Refused callbacks kept for replay, oldest first, after id ``after``; optionally only
+        those of one ``reason`` and one ``source``."""
+        where: list[str] = ["id > ?"]
+        params: list[Any] = [after]
+        for column, value in (("reason", reason), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
         async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
-                " FROM rejected_callbacks WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
+                f" FROM rejected_callbacks WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                (*params, limit),
             )
         return [RejectedCallback(*row) for row in rows]
+
+    async def get_rejected(self, rejected_id: int) -> RejectedCallback | None:
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id, received_at, source, reason, message, content_type, body_bytes, body"
+                " FROM rejected_callbacks WHERE id = ?",
+                (rejected_id,),
+            )
+        return next((RejectedCallback(*row) for row in rows), None)
+
+    async def delete_rejected(self, rejected_id: int) -> None:
+        """Forget a refused body (its replay was accepted)."""
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM rejected_callbacks WHERE id = ?", (rejected_id,))
+
+    async def update_rejected(self, rejected_id: int, reason: str, message: str) -> None:
+        """Record why a replayed body was refused again (today's pipeline may say otherwise)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "UPDATE rejected_callbacks SET reason = ?, message = ? WHERE id = ?",
+                (reason, message, rejected_id),
+            )
 
     # --- the outbox (drained by the Pulsar publisher) ---------------------------------------
 
