@@ -30,12 +30,12 @@ from service.appkeys import (
 from service.ci.client import CIClient
 from service.ci.signing import Credentials
 from service.events.pipeline import EventPipeline
+from service.events.reconcile import Reconciler
 from service.intake import preinitialise_metrics
 from service.metrics import Metrics
 from service.pulsar.context import pulsar_ctx
 from service.queue.gauges import refresh_queue_gauges
 from service.ratelimit import RateLimiter
-from service.reconcile import Reconciler
 from service.settings import Settings
 from service.storage import open_storage
 from service.submitter import Submitter, preinitialise_outcomes
@@ -146,12 +146,9 @@ async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     reconciler = Reconciler(
-        app[QUEUE],
-        app[CI_CLIENT],
-        app[EVENT_STORE],
-        app[STORAGE].leases,
         app[EVENT_PIPELINE],
-        app[METRICS],
+        app[CI_CLIENT],
+        app[STORAGE].leases,
         interval=settings.reconcile_seconds,
         grace=settings.reconcile_grace_seconds,
         concurrency=settings.ci_concurrency,

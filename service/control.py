@@ -67,8 +67,7 @@ async def _cancel_in_doubt(
             if found is not None:
                 await ci.cancel(job.bucket, job.region, found)
     except CIError as exc:
-        log.warning("cancel_in_doubt_unresolved", job_id=job.id, code=exc.code,
-                    message=exc.message)
+        log.warning("cancel_in_doubt_unresolved", job_id=job.id, code=exc.code, message=exc.message)
         return
     if found is not None:
         await queue.attach_ci_job(job.id, found)

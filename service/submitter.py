@@ -93,7 +93,10 @@ async def find_submission(ci: BatchJobs, job: JobRecord) -> str | None:
     token = ""
     for _ in range(_LOOKUP_PAGES):
         page = await ci.list(
-            job.bucket, job.region, name=job.submit_name, size=_LOOKUP_PAGE_SIZE,
+            job.bucket,
+            job.region,
+            name=job.submit_name,
+            size=_LOOKUP_PAGE_SIZE,
             next_token=token,
         )
         for found in page.jobs:
@@ -231,8 +234,12 @@ class Submitter:
             log.exception("submit_crashed", job_id=job.id)
             # In doubt to be safe: the failure may have come after the create call was sent.
             await self._retry_or_bury(
-                job, owner, job.attempts + 1, JobError("SubmitterCrashed", repr(exc)),
-                in_doubt=True, count_attempt=True,
+                job,
+                owner,
+                job.attempts + 1,
+                JobError("SubmitterCrashed", repr(exc)),
+                in_doubt=True,
+                count_attempt=True,
             )
         finally:
             heartbeat.cancel()
@@ -268,15 +275,25 @@ class Submitter:
                 created = await self._ci.create(job.bucket, job.region, body)
         except CIError as exc:
             if exc.throttled and self._limiter.throttled(key):
-                log.info("ci_rate_reduced", region=job.region, bucket=job.bucket,
-                         rate=self._limiter.rate(key))
+                log.info(
+                    "ci_rate_reduced",
+                    region=job.region,
+                    bucket=job.bucket,
+                    rate=self._limiter.rate(key),
+                )
             if isinstance(exc, CIPermanentError):
                 await self._bury(job, owner, error_of(exc))
             else:
                 # An answer (or our own timeout) ends the request's journey: if it is in doubt,
                 # it can be looked up at once.
-                await self._retry_or_bury(job, owner, attempts, error_of(exc),
-                                          in_doubt=exc.in_doubt, lookup_after=self._clock())
+                await self._retry_or_bury(
+                    job,
+                    owner,
+                    attempts,
+                    error_of(exc),
+                    in_doubt=exc.in_doubt,
+                    lookup_after=self._clock(),
+                )
             return
         self._limiter.succeeded(key)
         await self._record(job, owner, created.job_id, "created")
@@ -293,8 +310,9 @@ class Submitter:
             async with self._limiter.slot():
                 found = await find_submission(self._ci, job)
         except CIError as exc:
-            await self._retry_or_bury(job, owner, job.attempts + 1, error_of(exc),
-                                      in_doubt=True, count_attempt=True)
+            await self._retry_or_bury(
+                job, owner, job.attempts + 1, error_of(exc), in_doubt=True, count_attempt=True
+            )
             return True
         if found is None:
             log.info("in_doubt_not_found", job_id=job.id, name=job.submit_name)
@@ -305,8 +323,13 @@ class Submitter:
     async def _record(self, job: JobRecord, owner: str, ci_job_id: str, outcome: Outcome) -> None:
         if await self._queue.record_submitted(job.id, owner, ci_job_id, now=self._clock()):
             self._count(outcome)
-            log.info("job_submitted", job_id=job.id, ci_job_id=ci_job_id, outcome=outcome,
-                     attempts=job.attempts + (outcome == "created"))
+            log.info(
+                "job_submitted",
+                job_id=job.id,
+                ci_job_id=ci_job_id,
+                outcome=outcome,
+                attempts=job.attempts + (outcome == "created"),
+            )
             return
         current = await self._queue.get(job.id)
         if current is not None and current.state == "cancelled":
@@ -316,8 +339,9 @@ class Submitter:
                 async with self._limiter.slot():
                     await self._ci.cancel(job.bucket, job.region, ci_job_id)
             except CIError as exc:
-                log.warning("cancel_at_ci_failed", job_id=job.id, ci_job_id=ci_job_id,
-                            code=exc.code)
+                log.warning(
+                    "cancel_at_ci_failed", job_id=job.id, ci_job_id=ci_job_id, code=exc.code
+                )
             self._count("cancelled")
             log.info("job_cancelled_at_ci", job_id=job.id, ci_job_id=ci_job_id)
             return
@@ -352,12 +376,23 @@ class Submitter:
             rng=self._rng,
         )
         await self._queue.retry_later(
-            job.id, owner, error=error, available_at=self._clock() + delay, in_doubt=in_doubt,
-            lookup_after=lookup_after, count_attempt=count_attempt,
+            job.id,
+            owner,
+            error=error,
+            available_at=self._clock() + delay,
+            in_doubt=in_doubt,
+            lookup_after=lookup_after,
+            count_attempt=count_attempt,
         )
         self._count("retry")
-        log.info("job_retry", job_id=job.id, attempts=attempts, delay=round(delay, 3),
-                 code=error.code, in_doubt=in_doubt)
+        log.info(
+            "job_retry",
+            job_id=job.id,
+            attempts=attempts,
+            delay=round(delay, 3),
+            code=error.code,
+            in_doubt=in_doubt,
+        )
 
     async def _bury(
         self, job: JobRecord, owner: str, error: JobError, *, count_attempt: bool = False

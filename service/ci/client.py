@@ -294,7 +294,10 @@ class CIClient:
     def _malformed(self, operation: str, answer: _Answer, message: str) -> CIMalformedResponse:
         # CI answered 2xx, so it acted on the request: a create may well have made a job.
         exc = CIMalformedResponse(
-            answer.status, "MalformedResponse", message, request_id=answer.request_id,
+            answer.status,
+            "MalformedResponse",
+            message,
+            request_id=answer.request_id,
             in_doubt=True,
         )
         self._failed(operation, exc)
@@ -375,8 +378,11 @@ async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
         size += len(chunk)
         if size > _MAX_BODY:
             raise CIMalformedResponse(
-                resp.status, "ResponseTooLarge", f"answer exceeds {_MAX_BODY} bytes",
-                request_id=resp.headers.get("x-ci-request-id", ""), in_doubt=True,
+                resp.status,
+                "ResponseTooLarge",
+                f"answer exceeds {_MAX_BODY} bytes",
+                request_id=resp.headers.get("x-ci-request-id", ""),
+                in_doubt=True,
             )
         chunks.append(chunk)
     return b"".join(chunks)

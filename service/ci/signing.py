@@ -81,8 +81,7 @@ def signed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
         for name, value in headers.items()
-        if (lower := name.lower()) in _SIGNED_HEADER_NAMES
-        or lower.startswith(("x-cos-", "x-ci-"))
+        if (lower := name.lower()) in _SIGNED_HEADER_NAMES or lower.startswith(("x-cos-", "x-ci-"))
     }
 
 
@@ -191,9 +190,7 @@ def _signature(
 ) -> str:
     if not path.startswith("/"):
         path = "/" + path
-    http_string = "\n".join(
-        [method.lower(), path, _join(params), _join(headers), ""]
-    )
+    http_string = "\n".join([method.lower(), path, _join(params), _join(headers), ""])
     digest = hashlib.sha1(http_string.encode("utf-8")).hexdigest()
     string_to_sign = f"sha1\n{sign_time}\n{digest}\n"
     sign_key = _hmac_hex(secret_key, key_time)

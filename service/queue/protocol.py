@@ -126,8 +126,9 @@ class JobQueue(Protocol):
         """Atomically lease the best available job to ``owner``, or None."""
         ...
 
-    async def heartbeat(self, job_id: str, owner: str, *, lease_seconds: float, now: float) -> bool:
-        ...
+    async def heartbeat(
+        self, job_id: str, owner: str, *, lease_seconds: float, now: float
+    ) -> bool: ...
 
     async def begin_attempt(
         self, job_id: str, owner: str, *, now: float, lookup_after: float

@@ -8,6 +8,8 @@ from __future__ import annotations
 from service.storage.errors import StorageUnavailable, StoreClosed
 from service.storage.protocol import (
     FEED_START,
+    Accounting,
+    BatchProgress,
     EventLog,
     FeedPosition,
     Leases,
@@ -53,6 +55,8 @@ async def open_storage(
 
 __all__ = [
     "FEED_START",
+    "Accounting",
+    "BatchProgress",
     "EventLog",
     "FeedPosition",
     "Leases",

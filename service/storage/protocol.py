@@ -33,6 +33,31 @@ class RejectedCallback:
     body: bytes
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far the reconciler got through one batch's media jobs, kept so that a pass (on any
+    replica, after any restart) asks CI only for what is new."""
+
+    cirelay_job_id: str
+    batch_id: str
+    # The NextToken to list with next: the one the last page answered, or, when that page was the
+    # last (no NextToken), the one it was asked with, so that media jobs added since are seen.
+    page_token: str = ""
+    # The batch had ended before its last page was read: every media job of it is recorded.
+    complete: bool = False
+    # A sweep over the listing for events still missing once the batch ended: where it resumes
+    # (None: no sweep under way).
+    sweep_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """A batch's recorded media jobs: how many, and how many still miss their TaskFinish."""
+
+    recorded: int
+    missing: int
+
+
 class EventLog(Protocol):
     # --- writes -----------------------------------------------------------------------------
     async def store(self, events: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -53,12 +78,31 @@ class EventLog(Protocol):
         """Keep a refused delivery (body cut to the configured size) for replay after a fix."""
         ...
 
-    async def link_job(
-        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
-    ) -> int:
-        """Attach events to their batch and job: the job's own events that lacked the batch id,
-        and events of the batch's media jobs that came without a per-job token. Existing links
-        are kept. Returns rows changed."""
+    # --- batch reconciliation ----------------------------------------------------------------
+    # An event that came without a per-job token (static token, Pulsar) is attached to its job by
+    # its media job id, through the media jobs the reconciler recorded: by ``store`` in the
+    # statement that inserts it when the media job is already known, by ``record_listing`` for
+    # events stored before. The two never miss each other: either the insert sees the recorded
+    # media job or the recording sees the inserted event.
+
+    async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None: ...
+
+    async def record_listing(
+        self, progress: BatchProgress, media_job_ids: Sequence[str]
+    ) -> set[str]:
+        """In one transaction: remember these media jobs as the batch's (again is harmless),
+        attach their stored events, save ``progress``. Returns those of them still missing an
+        attached TaskFinish."""
+        ...
+
+    async def unaccounted(self, cirelay_job_id: str, batch_id: str) -> Accounting:
+        """Attach every stored event of the job's recorded media jobs (and give its own events
+        the batch id), then count the media jobs still missing an attached TaskFinish."""
+        ...
+
+    async def missing_media(self, cirelay_job_id: str, *, after: str, limit: int) -> list[str]:
+        """Recorded media jobs found missing their TaskFinish by ``unaccounted``, by id, after
+        ``after``."""
         ...
 
     # --- reads ------------------------------------------------------------------------------
@@ -75,15 +119,17 @@ class EventLog(Protocol):
         id or CI's JobId (the media job's; the batch's for BatchFinish)."""
         ...
 
-    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
-        """Every event of one of our jobs, oldest first."""
+    async def for_job(
+        self, cirelay_job_id: str, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The events of one of our jobs, oldest first (the first ``limit`` of them)."""
+        ...
+
+    async def count_for_job(self, cirelay_job_id: str) -> int:
+        """How many events one of our jobs has."""
         ...
 
     async def has_events(self, cirelay_job_id: str) -> bool: ...
-
-    async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
-        """Which of these CI JobIds already have an event of ``event_type``."""
-        ...
 
     async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
         """Refused deliveries kept for replay, oldest first."""

@@ -154,30 +154,6 @@ async def test_feed_paging_and_filters(store: SQLiteEventLog) -> None:
     assert await store.feed(job_id="job1", event_type="WorkflowFinish") == []
 
 
-async def test_link_job_fills_missing_links_only(store: SQLiteEventLog) -> None:
-    await store.store(
-        [
-            event("own", cirelay_job_id="job1", job_id="m1"),  # token known, batch not yet
-            event("static", job_id="m2"),  # came without a per-job token
-            event("other", job_id="m9", cirelay_job_id="job9", batch_id="b9"),
-        ]
-    )
-    assert await store.link_job("job1", "b1", ["m2", "m9", "m-unknown"]) == 2
-    events = {e["event_id"]: e for e in await store.for_job("job1")}
-    assert set(events) == {"own", "static"}
-    assert all(e["batch_id"] == "b1" for e in events.values())
-    [(_, other)] = await store.feed(job_id="job9")
-    assert (other["batch_id"], other["cirelay_job_id"]) == ("b9", "job9")
-    assert await store.has_events("job1")
-    assert not await store.has_events("nobody")
-
-
-async def test_job_ids_with(store: SQLiteEventLog) -> None:
-    await store.store([event("a", job_id="m1"), event("b", job_id="m2", event_type="Other")])
-    assert await store.job_ids_with("TaskFinish", ["m1", "m2", "m3"]) == {"m1"}
-    assert await store.job_ids_with("TaskFinish", []) == set()
-
-
 async def test_outbox_rows_for_new_events_only(store: SQLiteEventLog) -> None:
     await store.store([event("a"), event("b")])
     await store.store([event("a")])

@@ -20,7 +20,13 @@ import aiosqlite
 import orjson
 
 from service.storage.groupcommit import GroupCommit
-from service.storage.protocol import FEED_START, FeedPosition, RejectedCallback
+from service.storage.protocol import (
+    FEED_START,
+    Accounting,
+    BatchProgress,
+    FeedPosition,
+    RejectedCallback,
+)
 from service.storage.sqlite.database import Database, Migration, marks
 
 MIGRATIONS = (
@@ -55,13 +61,39 @@ MIGRATIONS = (
         )
         """,
     ),
+    Migration(
+        2,
+        """
+        CREATE TABLE batch_media (
+            media_job_id TEXT PRIMARY KEY,
+            cirelay_job_id TEXT NOT NULL,
+            batch_id TEXT NOT NULL,
+            accounted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX batch_media_open ON batch_media (cirelay_job_id, accounted, media_job_id);
+        CREATE TABLE batch_progress (
+            cirelay_job_id TEXT PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            page_token TEXT NOT NULL,
+            complete INTEGER NOT NULL,
+            sweep_token TEXT
+        )
+        """,
+    ),
 )
 
 _EVENT_COLUMNS = (
     "event_id, event_type, source, format, job_id, batch_id, cirelay_job_id, received_at,"
     " unpublished, body"
 )
-_EVENT_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# An event without its links takes them from the media job the reconciler recorded, in the
+# statement that inserts it (SQLite evaluates COALESCE lazily: no lookup when the link is known).
+_EVENT_MARKS = (
+    "(?, ?, ?, ?, ?,"
+    " COALESCE(?, (SELECT batch_id FROM batch_media WHERE media_job_id = ?)),"
+    " COALESCE(?, (SELECT cirelay_job_id FROM batch_media WHERE media_job_id = ?)),"
+    " ?, ?, ?)"
+)
 _INSERT_REJECTED = (
     "INSERT INTO rejected_callbacks (received_at, source, reason, message, content_type,"
     " body_bytes, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -188,31 +220,113 @@ class SQLiteEventLog:
             results.append(flags)
         return results
 
-    # --- linking (the reconciler) -----------------------------------------------------------
+    # --- batch reconciliation ---------------------------------------------------------------
 
-    async def link_job(
-        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
-    ) -> int:
-        """Attach events to their batch and job: the job's own events that lacked the batch id
-        (a callback faster than the submitter's record), and events of the batch's media jobs
-        that came without a per-job token. Existing links are kept. Returns rows changed."""
-        changed = 0
-        async with self._db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
-                (batch_id, cirelay_job_id),
+    async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None:
+        async with self._db.exclusive() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT cirelay_job_id, batch_id, page_token, complete, sweep_token"
+                    " FROM batch_progress WHERE cirelay_job_id = ?",
+                    (cirelay_job_id,),
+                )
             )
-            changed += cur.rowcount
-            for chunk in _chunks(list(media_job_ids)):
-                cur = await conn.execute(
+        if not rows:
+            return None
+        row = rows[0]
+        return BatchProgress(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    async def record_listing(
+        self, progress: BatchProgress, media_job_ids: Sequence[str]
+    ) -> set[str]:
+        job, batch = progress.cirelay_job_id, progress.batch_id
+        ids = list(media_job_ids)
+        missing: set[str] = set()
+        # One transaction: the write lock orders it against every event insert, so an event is
+        # either stored before (and attached here) or after (and attached by its insert).
+        async with self._db.transaction() as conn:
+            for chunk in _chunks(ids):
+                await conn.executemany(
+                    "INSERT INTO batch_media (media_job_id, cirelay_job_id, batch_id)"
+                    " VALUES (?, ?, ?) ON CONFLICT (media_job_id) DO NOTHING",
+                    [(media_id, job, batch) for media_id in chunk],
+                )
+                await conn.execute(
                     "UPDATE events SET batch_id = COALESCE(batch_id, ?),"
                     " cirelay_job_id = COALESCE(cirelay_job_id, ?)"
                     f" WHERE job_id IN ({marks(chunk)})"
                     " AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
-                    (batch_id, cirelay_job_id, *chunk),
+                    (batch, job, *chunk),
                 )
-                changed += cur.rowcount
-        return changed
+                await conn.execute(
+                    "UPDATE batch_media SET accounted = 1"
+                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0"
+                    " AND cirelay_job_id = ? AND EXISTS (SELECT 1 FROM events e"
+                    "  WHERE e.job_id = batch_media.media_job_id"
+                    "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
+                    (*chunk, job, job),
+                )
+                rows = await conn.execute_fetchall(
+                    "SELECT media_job_id FROM batch_media"
+                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0",
+                    chunk,
+                )
+                missing.update(row[0] for row in rows)
+            await conn.execute(
+                "INSERT INTO batch_progress"
+                " (cirelay_job_id, batch_id, page_token, complete, sweep_token)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (cirelay_job_id) DO UPDATE SET"
+                " batch_id = excluded.batch_id, page_token = excluded.page_token,"
+                " complete = excluded.complete,"
+                " sweep_token = excluded.sweep_token",
+                (
+                    job,
+                    batch,
+                    progress.page_token,
+                    int(progress.complete),
+                    progress.sweep_token,
+                ),
+            )
+        return missing
+
+    async def unaccounted(self, cirelay_job_id: str, batch_id: str) -> Accounting:
+        job = cirelay_job_id
+        async with self._db.transaction() as conn:
+            # The job's own events that came before the submitter recorded its batch id.
+            await conn.execute(
+                "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
+                (batch_id, job),
+            )
+            # Only media jobs not yet accounted for are looked at: a pass costs what is missing.
+            await conn.execute(
+                "UPDATE events SET cirelay_job_id = ?, batch_id = COALESCE(batch_id, ?)"
+                " WHERE cirelay_job_id IS NULL AND job_id IN (SELECT media_job_id"
+                "  FROM batch_media WHERE cirelay_job_id = ? AND accounted = 0)",
+                (job, batch_id, job),
+            )
+            await conn.execute(
+                "UPDATE batch_media SET accounted = 1"
+                " WHERE cirelay_job_id = ? AND accounted = 0 AND EXISTS (SELECT 1 FROM events e"
+                "  WHERE e.job_id = batch_media.media_job_id"
+                "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
+                (job, job),
+            )
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*), COALESCE(SUM(1 - accounted), 0) FROM batch_media"
+                " WHERE cirelay_job_id = ?",
+                (job,),
+            )
+            recorded, missing = (int(value) for value in next(iter(rows)))
+        return Accounting(recorded, missing)
+
+    async def missing_media(self, cirelay_job_id: str, *, after: str, limit: int) -> list[str]:
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT media_job_id FROM batch_media WHERE cirelay_job_id = ? AND accounted = 0"
+                " AND media_job_id > ? ORDER BY media_job_id LIMIT ?",
+                (cirelay_job_id, after, limit),
+            )
+        return [row[0] for row in rows]
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -242,15 +356,23 @@ class SQLiteEventLog:
             rows = await conn.execute_fetchall(sql, (*params, limit))
         return [((0, row["seq"]), _event(row)) for row in rows]
 
-    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
-        """Every event of one of our jobs, oldest first."""
+    async def for_job(
+        self, cirelay_job_id: str, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT batch_id, cirelay_job_id, body FROM events"
-                " WHERE cirelay_job_id = ? ORDER BY seq",
-                (cirelay_job_id,),
+                " WHERE cirelay_job_id = ? ORDER BY seq LIMIT ?",
+                (cirelay_job_id, -1 if limit is None else limit),
             )
         return [_event(row) for row in rows]
+
+    async def count_for_job(self, cirelay_job_id: str) -> int:
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*) FROM events WHERE cirelay_job_id = ?", (cirelay_job_id,)
+            )
+        return int(next(iter(rows))[0])
 
     async def has_events(self, cirelay_job_id: str) -> bool:
         async with self._db.exclusive() as conn:
@@ -258,19 +380,6 @@ class SQLiteEventLog:
                 "SELECT 1 FROM events WHERE cirelay_job_id = ? LIMIT 1", (cirelay_job_id,)
             )
         return bool(list(rows))
-
-    async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
-        """Which of these CI JobIds already have an event of ``event_type``."""
-        found: set[str] = set()
-        async with self._db.exclusive() as conn:
-            for chunk in _chunks(list(job_ids)):
-                rows = await conn.execute_fetchall(
-                    f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({marks(chunk)})"
-                    " AND event_type = ?",
-                    (*chunk, event_type),
-                )
-                found.update(row[0] for row in rows)
-        return found
 
     async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
         """Refused callbacks kept for replay, oldest first."""
@@ -315,7 +424,9 @@ def _event_row(event: Mapping[str, Any], unpublished: int | None) -> tuple[Any, 
         event.get("format"),
         event.get("job_id"),
         event.get("batch_id"),
+        event.get("job_id"),
         event.get("cirelay_job_id"),
+        event.get("job_id"),
         event["received_at"],
         unpublished,
         _dumps(event),
