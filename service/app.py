@@ -36,6 +36,7 @@ from service.metrics import Metrics
 from service.pulsar.context import pulsar_ctx
 from service.queue.gauges import refresh_queue_gauges
 from service.ratelimit import RateLimiter
+from service.retention import Retainer
 from service.settings import Settings
 from service.storage import open_storage
 from service.submitter import Submitter, preinitialise_outcomes
@@ -55,6 +56,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox=bool(settings.pulsar_url and settings.pulsar_output_topic),
         rejected_body_max_bytes=settings.rejected_body_max_bytes,
         rejected_max_count=settings.rejected_max_count,
+        rejected_max_bytes=settings.rejected_max_bytes,
     )
     app[STORAGE] = storage
     app[QUEUE] = storage.queue
@@ -160,6 +162,22 @@ async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.retention_days <= 0:
+        yield
+        return
+    storage = app[STORAGE]
+    retainer = Retainer(
+        storage.retention, storage.leases, app[METRICS], days=settings.retention_days
+    )
+    task = asyncio.create_task(retainer.run(), name="retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def frozen_heap_ctx(app: web.Application) -> AsyncIterator[None]:
     # What start-up made (modules, routes, connections) lives as long as the app: kept out of the
     # collector's generations, a full collection under load walks only what requests made.
@@ -182,6 +200,7 @@ def create_app(settings: Settings) -> web.Application:
             ci_client_ctx,
             submitter_ctx,
             reconcile_ctx,
+            retention_ctx,
             pulsar_ctx,
             frozen_heap_ctx,
         ]

@@ -77,6 +77,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.retention_pruned = Counter(
+            "cirelay_retention_pruned_total",
+            "Rows deleted by retention, by table.",
+            ["table"],
+            registry=r,
+        )
         self.events_reconciled = Counter(
             "cirelay_events_reconciled_total",
             "Events created by polling CI for a missed callback.",

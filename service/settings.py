@@ -114,6 +114,15 @@ class Settings:
     rejected_max_count: int = _setting(
         10_000, "Refused callbacks kept for replay; the oldest are dropped beyond this."
     )
+    rejected_max_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "Total bytes of refused callback bodies kept; the oldest are dropped beyond this.",
+    )
+    retention_days: float = _setting(
+        30.0,
+        "Days finished jobs (with their events, idempotency keys, outbox entries) and refused"
+        " bodies are kept; 0 keeps everything forever.",
+    )
 
     # Pulsar / TDMQ
     pulsar_url: str = _setting("", "Pulsar service URL (e.g. `pulsar://host:6650`); empty = off.")
@@ -264,6 +273,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "max_xml_depth",
             "reconcile_seconds",
             "rejected_max_count",
+            "rejected_max_bytes",
             "pulsar_redelivery_delay_seconds",
         ),
         lambda value: value > 0,
@@ -273,6 +283,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         (
             "reconcile_grace_seconds",
             "rejected_body_max_bytes",
+            "retention_days",
             "emulator_callback_retries",
             "emulator_job_seconds",
             "emulator_callback_retry_seconds",

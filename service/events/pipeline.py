@@ -137,9 +137,17 @@ class EventPipeline:
         counter.inc()
 
     async def reject(
-        self, body: bytes, content_type: str, *, source: str, reason: str, message: str
+        self,
+        body: bytes,
+        content_type: str,
+        *,
+        source: str,
+        reason: str,
+        message: str,
+        size: int | None = None,
     ) -> None:
-        """Keep a refused delivery's body (bounded) with its reason, and count it."""
+        """Keep a refused delivery's body (bounded) with its reason, and count it. ``size``:
+        the bytes that arrived, when ``body`` is only the first of them."""
         received = datetime.fromtimestamp(self._clock(), UTC)
         await self._store.reject(
             received_at=utc_text(received),
@@ -148,9 +156,12 @@ class EventPipeline:
             message=message,
             content_type=content_type,
             body=body,
+            size=size,
         )
         self._metrics.events_rejected.labels(source, reason).inc()
-        log.info("event_rejected", source=source, reason=reason, size=len(body))
+        log.info(
+            "event_rejected", source=source, reason=reason, size=len(body) if size is None else size
+        )
 
     async def _load_link(self, cirelay_job_id: str) -> _JobLink | None:
         job = await self._queue.get(cirelay_job_id)

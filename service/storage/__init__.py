@@ -14,6 +14,7 @@ from service.storage.protocol import (
     FeedPosition,
     Leases,
     RejectedCallback,
+    Retention,
     Storage,
 )
 
@@ -28,6 +29,7 @@ async def open_storage(
     outbox: bool = False,
     rejected_body_max_bytes: int = 65_536,
     rejected_max_count: int = 10_000,
+    rejected_max_bytes: int = 64 * 1024 * 1024,
 ) -> Storage:
     """Open and migrate the backend ``url`` names. ``outbox``: keep outbox rows for a publisher
     (otherwise they would pile up with nobody to drain them)."""
@@ -39,6 +41,7 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     if url.startswith(POSTGRES_PREFIXES):
         from service.storage.postgres import PostgresStorage
@@ -49,6 +52,7 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
 
@@ -61,6 +65,7 @@ __all__ = [
     "FeedPosition",
     "Leases",
     "RejectedCallback",
+    "Retention",
     "Storage",
     "StorageUnavailable",
     "StoreClosed",

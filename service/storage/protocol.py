@@ -74,8 +74,11 @@ class EventLog(Protocol):
         message: str,
         content_type: str,
         body: bytes,
+        size: int | None = None,
     ) -> None:
-        """Keep a refused delivery (body cut to the configured size) for replay after a fix."""
+        """Keep a refused delivery (body cut to the configured size, the oldest dropped beyond
+        the configured count and total bytes) for replay after a fix. ``size``: the bytes that
+        arrived, when ``body`` is already a prefix of them."""
         ...
 
     # --- batch reconciliation ----------------------------------------------------------------
@@ -159,6 +162,27 @@ class Leases(Protocol):
         ...
 
 
+class Retention(Protocol):
+    """Deleting what is past the retention period, a small transaction at a time, so that the
+    writes of intake and ingestion interleave with it instead of waiting behind it."""
+
+    async def prune_jobs(self, *, finished_before: float, limit: int) -> dict[str, int]:
+        """One step over jobs that ended (any final state) before ``finished_before`` (epoch
+        seconds): delete up to ``limit`` of their events (with their outbox entries), then of
+        their recorded media jobs, then the jobs themselves (with their idempotency keys) once
+        nothing of theirs is left. Rows deleted by table; empty when nothing is left to do."""
+        ...
+
+    async def prune_unattached_events(self, *, received_before: str, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events attached to no job, received before
+        ``received_before`` (RFC 3339 UTC); how many."""
+        ...
+
+    async def prune_rejected(self, *, received_before: str, limit: int) -> int:
+        """Delete up to ``limit`` refused bodies received before ``received_before``; how many."""
+        ...
+
+
 class Storage(Protocol):
     """One backend's tables, opened and migrated together."""
 
@@ -175,6 +199,9 @@ class Storage(Protocol):
 
     @property
     def leases(self) -> Leases: ...
+
+    @property
+    def retention(self) -> Retention: ...
 
     async def ping(self) -> None:
         """A write round trip; raises ``StorageUnavailable`` when the database cannot take one."""

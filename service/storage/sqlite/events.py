@@ -125,11 +125,13 @@ class SQLiteEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> None:
         self._db = db
         self._outbox = outbox
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
+        self._rejected_max_bytes = rejected_max_bytes
         self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
             self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
         )
@@ -142,6 +144,7 @@ class SQLiteEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> SQLiteEventLog:
         """Migrate the schema. ``outbox``: keep outbox rows for a publisher."""
         await db.migrate("events", MIGRATIONS)
@@ -150,6 +153,7 @@ class SQLiteEventLog:
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
 
     async def close(self) -> None:
@@ -173,6 +177,7 @@ class SQLiteEventLog:
         message: str,
         content_type: str,
         body: bytes,
+        size: int | None = None,
     ) -> None:
         row = (
             received_at,
@@ -180,7 +185,7 @@ class SQLiteEventLog:
             reason,
             message,
             content_type,
-            len(body),
+            len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
         await self._writes.submit(_RejectWrite(row))
@@ -208,6 +213,13 @@ class SQLiteEventLog:
                     "DELETE FROM rejected_callbacks"
                     " WHERE id <= (SELECT MAX(id) FROM rejected_callbacks) - ?",
                     (self._rejected_max_count,),
+                )
+                # The newest bodies whose kept bytes add up to the bound stay.
+                await conn.execute(
+                    "DELETE FROM rejected_callbacks WHERE id <= (SELECT MAX(id) FROM"
+                    " (SELECT id, SUM(LENGTH(body)) OVER (ORDER BY id DESC) AS total"
+                    "  FROM rejected_callbacks) WHERE total > ?)",
+                    (self._rejected_max_bytes,),
                 )
         results: list[list[bool] | Exception] = []
         for write in batch:
