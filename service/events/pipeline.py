@@ -34,6 +34,8 @@ from service.timefmt import utc_text
 log = structlog.get_logger(__name__)
 
 EVENT_TYPES = ("TaskFinish", "WorkflowFinish", "BatchFinish")
+# CI sends one JobsDetail per TaskFinish; a delivery may carry a few, never an unbounded number.
+MAX_EVENTS_PER_DELIVERY = 100
 # Links of recently seen jobs, so a batch's many callbacks cost one job read, not one each.
 _LINK_CACHE_SIZE = 4096
 
@@ -90,6 +92,11 @@ class EventPipeline:
         try:
             parsed = parse_callback(body, content_type, max_depth=self._max_depth)
             events = normalize(parsed, source=source, received_at=received)
+            if len(events) > MAX_EVENTS_PER_DELIVERY:
+                raise EventRejected(
+                    "too_many_events",
+                    f"{len(events)} JobsDetail in one delivery; at most {MAX_EVENTS_PER_DELIVERY}",
+                )
         except EventRejected as exc:
             await self.reject(
                 body, content_type, source=source, reason=exc.reason, message=exc.message

@@ -263,6 +263,17 @@ HOSTILE: list[tuple[str, bytes, str, str]] = [
         "missing_jobs_detail",
     ),
     (
+        "task_finish_with_too_many_jobs_detail",
+        b"<Response><EventName>TaskFinish</EventName>"
+        + b"".join(
+            b"<JobsDetail><JobId>j%d</JobId><State>Success</State></JobsDetail>" % n
+            for n in range(101)
+        )
+        + b"</Response>",
+        "application/xml",
+        "too_many_events",
+    ),
+    (
         "task_finish_empty_jobs_detail",
         b"<Response><EventName>TaskFinish</EventName><JobsDetail/></Response>",
         "application/xml",
