@@ -151,6 +151,7 @@ async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EVENT_PIPELINE],
         app[CI_CLIENT],
         app[STORAGE].leases,
+        app[METRICS],
         interval=settings.reconcile_seconds,
         grace=settings.reconcile_grace_seconds,
         concurrency=settings.ci_concurrency,

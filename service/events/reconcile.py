@@ -44,6 +44,7 @@ from service.ci.xml import BatchJob, MediaJobPage
 from service.events.pipeline import EventPipeline
 from service.identity import process_owner
 from service.ingest.normalize import parse_ci_time
+from service.metrics import Metrics
 from service.queue import FinishState, JobRecord
 from service.storage import Accounting, BatchProgress, Leases
 
@@ -66,6 +67,7 @@ class Reconciler:
         pipeline: EventPipeline,
         ci: CIClient,
         leases: Leases,
+        metrics: Metrics,
         *,
         interval: float,
         grace: float,
@@ -75,6 +77,7 @@ class Reconciler:
         self._pipeline = pipeline
         self._ci = ci
         self._leases = leases
+        self._metrics = metrics
         self._owner = process_owner()
         self._interval = interval
         self._grace = grace
@@ -85,7 +88,8 @@ class Reconciler:
         """Reconcile every ``interval`` seconds until cancelled."""
         while True:
             try:
-                await self.reconcile_once()
+                with self._metrics.reconcile_pass.time():
+                    await self.reconcile_once()
             except Exception:  # a failed pass is retried on the next tick, not fatal
                 log.exception("reconcile_pass_failed")
             await asyncio.sleep(self._interval)

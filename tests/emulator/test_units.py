@@ -172,7 +172,7 @@ def test_records_round_trip_through_json() -> None:
     )
     spec = spec_from_request(request)
     created = datetime(2022, 6, 30, 18, 47, 18, tzinfo=CST)
-    batch = Batch("b1", "bucket-1", "ap-guangzhou", 1, spec, created, media_job_ids=["j1"])
+    batch = Batch("b1", "bucket-1", "ap-guangzhou", 1, spec, created)
     job = MediaJob(
         "j1",
         "b1",
