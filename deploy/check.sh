@@ -5,6 +5,8 @@
 #   deploy/check.sh install    only install the tools (tests/run.sh does this before pytest)
 #   deploy/check.sh tools      install if missing, then print NAME=PATH for each tool
 #   deploy/check.sh CHECK...   run some checks: prom-config rules rules-test k8s compose grafana
+#                              (k8s: deploy/k8s and its PostgreSQL overlay deploy/k8s-postgres;
+#                              compose: compose.yaml alone and with compose.postgres.yaml)
 #                              (grafana runs tests/deploy/test_dashboard.py: metric names, PromQL)
 #
 # Tools, pinned below and cached under $CIRELAY_TOOLS_DIR (default ~/.cache/cirelay/deploy-tools):
@@ -116,26 +118,37 @@ check_prom_config() { promtool check config "$DEPLOY/prometheus/prometheus.yml";
 check_rules() { promtool check rules "$DEPLOY/prometheus/alerts.yml"; }
 check_rules_test() { promtool test rules "$DEPLOY/prometheus/alerts_test.yml"; }
 
+# The SQLite base (one replica) and the PostgreSQL overlay (several) are validated alike.
+KUSTOMIZATIONS=(k8s k8s-postgres)
+COMPOSE_STACKS=("compose.yaml" "compose.yaml compose.postgres.yaml")
+
 check_k8s() {
-  local built resources version summary
-  built=$("$KUSTOMIZE" build "$DEPLOY/k8s")
-  # kustomize writes each resource's top-level keys at column 0.
-  resources=$(grep -c '^kind: ' <<<"$built")
-  for version in ${KUBERNETES_VERSIONS//,/ }; do
-    echo "Kubernetes $version:"
-    summary=$("$KUBECONFORM" -strict -summary -kubernetes-version "$version" \
-      -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-      -schema-location "$SCHEMAS/crds/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-      - <<<"$built") || { echo "$summary"; return 1; }
-    echo "$summary"
-    # A resource kubeconform skipped or never saw would otherwise pass silently.
-    grep -q "Valid: $resources, Invalid: 0, Errors: 0, Skipped: 0" <<<"$summary" ||
-      die "kubeconform did not validate all $resources resources"
+  local kustomization built resources version summary
+  for kustomization in "${KUSTOMIZATIONS[@]}"; do
+    built=$("$KUSTOMIZE" build "$DEPLOY/$kustomization")
+    # kustomize writes each resource's top-level keys at column 0.
+    resources=$(grep -c '^kind: ' <<<"$built")
+    for version in ${KUBERNETES_VERSIONS//,/ }; do
+      echo "$kustomization, Kubernetes $version:"
+      summary=$("$KUBECONFORM" -strict -summary -kubernetes-version "$version" \
+        -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+        -schema-location "$SCHEMAS/crds/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+        - <<<"$built") || { echo "$summary"; return 1; }
+      echo "$summary"
+      # A resource kubeconform skipped or never saw would otherwise pass silently.
+      grep -q "Valid: $resources, Invalid: 0, Errors: 0, Skipped: 0" <<<"$summary" ||
+        die "kubeconform did not validate all $resources resources of $kustomization"
+    done
   done
 }
 
 check_compose() {
-  "$COMPOSE" -f "$DEPLOY/compose.yaml" config --quiet && echo "compose.yaml: valid"
+  local stack file args
+  for stack in "${COMPOSE_STACKS[@]}"; do
+    args=()
+    for file in $stack; do args+=(-f "$DEPLOY/$file"); done
+    "$COMPOSE" "${args[@]}" config --quiet && echo "${stack// / + }: valid"
+  done
 }
 
 check_grafana() {

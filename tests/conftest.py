@@ -11,8 +11,10 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.settings import Settings
 
-# The real Pulsar broker (session fixture ``pulsar_broker``), started only if a test asks for it.
-pytest_plugins = ["tests.pulsar_broker"]
+# The real Pulsar broker (session fixture ``pulsar_broker``) and the real PostgreSQL server
+# (``postgres_server``, with a new database per test from ``postgres_url``), each started only if a
+# test asks for it.
+pytest_plugins = ["tests.pulsar_broker", "tests.postgres_server"]
 
 API_TOKEN = "test-api-token"
 
@@ -31,8 +33,6 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_TOKEN}"}
-
-
 
 
 @pytest.fixture

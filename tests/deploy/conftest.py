@@ -4,13 +4,16 @@ installed them, and helpers to run its checks on the repo's deploy/ or on a brok
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,8 +30,7 @@ def tools() -> dict[str, Path]:
     )
     assert done.returncode == 0, done.stderr
     return {
-        name: Path(path)
-        for name, path in (line.split("=", 1) for line in done.stdout.splitlines())
+        name: Path(path) for name, path in (line.split("=", 1) for line in done.stdout.splitlines())
     }
 
 
@@ -68,3 +70,30 @@ def load_tool(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def compose_config(tools: dict[str, Path], *files: str) -> dict[str, Any]:
+    """deploy/compose.yaml (with ``files`` laid over it, as ``-f`` does) as docker compose
+    resolves it: merged, interpolated, paths absolute."""
+    args = [arg for name in ("compose.yaml", *files) for arg in ("-f", str(DEPLOY / name))]
+    done = subprocess.run(
+        [str(tools["compose"]), *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = json.loads(done.stdout)
+    return config
+
+
+def kustomize_build(tools: dict[str, Path], kustomization: str) -> list[dict[str, Any]]:
+    """The resources ``kustomize build deploy/KUSTOMIZATION`` renders."""
+    done = subprocess.run(
+        [str(tools["kustomize"]), "build", str(DEPLOY / kustomization)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

@@ -3,8 +3,6 @@ reject broken copies, and the manifests keep the promises the issue asks of them
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +11,13 @@ import yaml
 
 from service import __version__
 from service.settings import Settings, env_name
-from tests.deploy.conftest import DEPLOY, ROOT, edit, run_check
+from tests.deploy.conftest import DEPLOY, ROOT, compose_config, edit, kustomize_build, run_check
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # as pinned in deploy/check.sh
 
 SECRET_SETTINGS = {
-    env_name(name): meta.metadata["secret"]
-    for name, meta in Settings.__dataclass_fields__.items()
+    env_name(name): meta.metadata["secret"] for name, meta in Settings.__dataclass_fields__.items()
 }
 
 
@@ -55,17 +52,6 @@ def config_map() -> dict[str, str]:
     return data
 
 
-def compose_config(tools: dict[str, Path]) -> dict[str, Any]:
-    """deploy/compose.yaml as docker compose resolves it (interpolated, paths absolute)."""
-    done = subprocess.run(
-        [str(tools["compose"]), "-f", str(DEPLOY / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True, text=True, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    config: dict[str, Any] = json.loads(done.stdout)
-    return config
-
-
 # --- the tools accept deploy/ -------------------------------------------------------------------
 
 
@@ -89,21 +75,23 @@ def test_the_alert_unit_tests_pass(tools: dict[str, Path]) -> None:
     assert "SUCCESS" in done.stdout
 
 
-def test_kubeconform_validates_every_resource(tools: dict[str, Path]) -> None:
-    count = len(resources())
+@pytest.mark.parametrize("kustomization", ["k8s", "k8s-postgres"])
+def test_kubeconform_validates_every_resource(tools: dict[str, Path], kustomization: str) -> None:
+    count = len(kustomize_build(tools, kustomization))
     done = run_check("k8s")
     assert done.returncode == 0, done.stdout
     for version in KUBERNETES_VERSIONS:
-        assert f"Kubernetes {version}:\nSummary: {count} resources found" in done.stdout
-    assert done.stdout.count(f"Valid: {count}, Invalid: 0, Errors: 0, Skipped: 0") == len(
-        KUBERNETES_VERSIONS
-    )
+        assert (
+            f"{kustomization}, Kubernetes {version}:\nSummary: {count} resources found parsing"
+            f" stdin - Valid: {count}, Invalid: 0, Errors: 0, Skipped: 0"
+        ) in done.stdout
 
 
-def test_docker_compose_accepts_the_compose_file(tools: dict[str, Path]) -> None:
+def test_docker_compose_accepts_both_stacks(tools: dict[str, Path]) -> None:
     done = run_check("compose")
     assert done.returncode == 0, done.stdout
     assert "compose.yaml: valid" in done.stdout
+    assert "compose.yaml + compose.postgres.yaml: valid" in done.stdout
 
 
 # --- ... and reject broken copies -------------------------------------------------------------
@@ -177,8 +165,8 @@ def test_promtool_rejects_a_config_whose_rule_file_is_missing(
         ),
         (
             "prometheusrule.yaml",
-            "    - alert: CirelayDown\n      expr: up{job=\"cirelay\"} == 0\n      for: 5m",
-            "    - alert: CirelayDown\n      expr: up{job=\"cirelay\"} == 0\n      for: 5 minutes",
+            '    - alert: CirelayDown\n      expr: up{job="cirelay"} == 0\n      for: 5m',
+            '    - alert: CirelayDown\n      expr: up{job="cirelay"} == 0\n      for: 5 minutes',
             "does not match pattern",
         ),
     ],
@@ -326,9 +314,9 @@ def test_the_service_and_service_monitor_reach_the_container() -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
     [port] = service["spec"]["ports"]
     assert port["targetPort"] in {p["name"] for p in container()["ports"]}
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
-        "labels"
-    ].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] == port["name"]
     assert endpoint["path"] == "/metrics"
@@ -349,10 +337,17 @@ def test_compose_mounts_only_files_that_exist(tools: dict[str, Path]) -> None:
                 assert Path(volume["source"]).exists(), f"{name}: {volume['source']}"
 
 
-def test_the_compose_prometheus_scrapes_the_compose_cirelay(tools: dict[str, Path]) -> None:
+@pytest.mark.parametrize("files", [(), ("compose.postgres.yaml",)], ids=["sqlite", "postgres"])
+def test_the_compose_prometheus_scrapes_every_compose_cirelay(
+    tools: dict[str, Path], files: tuple[str, ...]
+) -> None:
+    # Each replica is a DNS A record of the service name; a static target would scrape whichever
+    # one the name resolved to that time.
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     [job] = [job for job in scrape["scrape_configs"] if job["job_name"] == "cirelay"]
-    [target] = [t for config in job["static_configs"] for t in config["targets"]]
-    environment = compose_config(tools)["services"]["cirelay"]["environment"]
-    assert target == f"cirelay:{Settings.load(environment).port}"
+    assert "static_configs" not in job
+    [discovery] = job["dns_sd_configs"]
+    services = compose_config(tools, *files)["services"]
+    environment = {k: v or "" for k, v in services["cirelay"]["environment"].items()}
+    assert discovery == {"names": ["cirelay"], "type": "A", "port": Settings.load(environment).port}
     assert job["metrics_path"] == "/metrics"

@@ -169,27 +169,8 @@ mint_token() {
 
 # --- ports ---------------------------------------------------------------------------------------
 
-ports_in_use() {
-    local file _ local_address _rest
-    for file in /proc/net/tcp /proc/net/tcp6; do
-        [[ -r "$file" ]] || continue
-        while read -r _ local_address _rest; do
-            [[ "$local_address" == *:* ]] && echo $((16#${local_address##*:}))
-        done < <(tail -n +2 "$file")
-    done
-}
-
-# Below the kernel's ephemeral range (32768+), so outgoing connections do not take them meanwhile.
-pick_free_ports() {
-    local count="$1" used picked=() port
-    used=" $(ports_in_use | sort -un | tr '\n' ' ') "
-    while ((${#picked[@]} < count)); do
-        port=$((20000 + RANDOM % 12000))
-        [[ "$used" == *" $port "* || " ${picked[*]} " == *" $port "* ]] && continue
-        picked+=("$port")
-    done
-    echo "${picked[*]}"
-}
+# shellcheck source=../ports.sh
+source "$HERE/../ports.sh"
 
 # --- state in DIR --------------------------------------------------------------------------------
 
