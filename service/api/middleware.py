@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from service.api.errors import ApiError, error_response
 from service.appkeys import METRICS, SETTINGS
+from service.storage import StorageUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,11 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.details)
+    except StorageUnavailable as exc:
+        # The database is down or restarting: not the caller's fault, and nothing was
+        # acknowledged, so the caller tries again (a 500 would say the request was wrong).
+        log.warning("storage_unavailable", path=request.path, error=str(exc))
+        return error_response(503, "unavailable", "storage is unavailable right now; try again")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -134,6 +134,10 @@ class EventLog(Protocol):
 
     async def has_events(self, cirelay_job_id: str) -> bool: ...
 
+    async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
+        """Which of these CI JobIds already have an event of ``event_type``."""
+        ...
+
     async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
         """Refused deliveries kept for replay, oldest first."""
         ...

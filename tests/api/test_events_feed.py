@@ -1,4 +1,5 @@
-"""`GET /v1/events`: a stable-cursor feed of stored events, with job and type filters."""
+"""`GET /v1/events`: a stable-cursor feed of stored events, with job and type filters, on every
+storage backend."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture
-async def client(tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
-    return await aiohttp_client(create_app(events_settings(tmp_path)))
+async def client(
+    tmp_path: Path, storage_url: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> Client:
+    settings = events_settings(tmp_path, CIRELAY_DATABASE_URL=storage_url)
+    return await aiohttp_client(create_app(settings))
 
 
 async def post(client: Client, token: str, body: bytes) -> None:
@@ -127,6 +131,7 @@ async def test_filters_and_cursor_combine(client: Client) -> None:
     assert [e["job_id"] for e in first["events"] + rest["events"]] == [f"m-{i}" for i in range(4)]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # refused before storage is asked
 @pytest.mark.parametrize(
     "params",
     [

@@ -1,10 +1,12 @@
-"""A real SQLite queue file per test, a factory for new jobs, and the submitter rig."""
+"""A real queue per test on each backend (SQLite file, PostgreSQL database), and the submitter rig.
+
+The backend fixtures (``backend``, ``storage_url``, ``open_backend``) are the storage contract
+suite's own, so every test here that takes ``queue`` runs on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,48 +15,18 @@ from aiohttp.test_utils import TestServer
 
 from service.emulator.app import create_emulator_app
 from service.metrics import Metrics
-from service.queue import NewJob
+from service.queue import JobQueue
 from service.ratelimit import RateLimiter
 from service.settings import Settings
-from service.storage.sqlite.database import Database
-from service.storage.sqlite.queue import SQLiteJobQueue
 from tests.queue.rig import Rig, ci_client, emulator_settings, service_settings
+from tests.storage.conftest import OpenBackend, backend, open_backend, storage_url
 
-_counter = itertools.count()
-
-NewJobFactory = Callable[..., NewJob]
-
-
-def make_job(
-    *, level: int = 0, key: str | None = None, fingerprint: str | None = None, name: str = "demo"
-) -> NewJob:
-    n = next(_counter)
-    job_id = f"job{n:06d}"
-    return NewJob(
-        id=job_id,
-        bucket="media-1250000000",
-        region="ap-chongqing",
-        tag="Transcode",
-        job_level=level,
-        request={"Name": name, "Type": "Job"},
-        submit_name=f"{name}-{n:016x}",
-        caller_callback="",
-        via="http",
-        idempotency_key=key,
-        fingerprint=fingerprint,
-    )
+__all__ = ["backend", "open_backend", "storage_url"]  # fixtures shared with tests/storage
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(str(tmp_path / "queue.db"))
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-async def queue(db: Database) -> SQLiteJobQueue:
-    return await SQLiteJobQueue.open(db)
+async def queue(open_backend: OpenBackend) -> JobQueue:
+    return (await open_backend()).queue
 
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -63,7 +35,7 @@ RigFactory = Callable[..., Awaitable[Rig]]
 @pytest.fixture
 async def make_rig(
     settings: Settings,
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
     aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> AsyncIterator[RigFactory]:
     """Start the emulator with the given faults (``emulator_*`` keys) and build the submitter's

@@ -1,4 +1,4 @@
-"""A submitter rig: the real emulator app on a real socket, a real SQLite queue, the CI client."""
+"""A submitter rig: the real emulator app on a real socket, a real queue, the CI client."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from service.ci.errors import CIRetryableError
 from service.ci.signing import Credentials
 from service.intake import Target, enqueue
 from service.metrics import Metrics
-from service.queue import JobRecord
+from service.queue import JobQueue, JobRecord
 from service.ratelimit import RateLimiter
 from service.request import parse_request
 from service.settings import Settings
-from service.storage.sqlite.queue import SQLiteJobQueue
 from service.submitter import Submitter
 from tests.queue.samples import BUCKET, REGION, request_json
 
@@ -61,7 +60,7 @@ def service_settings(base: Settings, server: TestServer, **overrides: Any) -> Se
 class Rig:
     settings: Settings
     server: TestServer
-    queue: SQLiteJobQueue
+    queue: JobQueue
     session: aiohttp.ClientSession
     ci: CIClient
     limiter: RateLimiter

@@ -1,9 +1,12 @@
-"""Valid batch Requests for queue, API and end-to-end tests."""
+"""Valid batch Requests for queue, API and end-to-end tests, and new jobs for the queue itself."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
+
+from service.queue import NewJob
 
 BUCKET = "media-1250000000"
 REGION = "ap-chongqing"
@@ -42,3 +45,26 @@ def request_xml(name: str = "demo", *, level: int | None = None) -> bytes:
         f"<Output><Region>{REGION}</Region><Bucket>{BUCKET}</Bucket>"
         "<Object>out/${{InventoryTriggerJobId}}.mp4</Object></Output>{level}</Operation></Request>"
     ).format(name=name, level=level_node).encode()
+
+
+_job_numbers = itertools.count()
+
+
+def make_job(
+    *, level: int = 0, key: str | None = None, fingerprint: str | None = None, name: str = "demo"
+) -> NewJob:
+    """A job as intake would hand it to the queue, with an id and a submission name of its own."""
+    n = next(_job_numbers)
+    return NewJob(
+        id=f"job{n:06d}",
+        bucket=BUCKET,
+        region=REGION,
+        tag="Transcode",
+        job_level=level,
+        request={"Name": name, "Type": "Job"},
+        submit_name=f"{name}-{n:016x}",
+        caller_callback="",
+        via="http",
+        idempotency_key=key,
+        fingerprint=fingerprint,
+    )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from service.metrics import Metrics
-from service.queue import JOB_STATES
+from service.queue import JOB_STATES, JobQueue
 from service.queue.gauges import refresh_queue_gauges
-from service.storage.sqlite.queue import SQLiteJobQueue
-from tests.queue.conftest import make_job
+from tests.queue.samples import make_job
 
 T0 = 1_700_000_000.0
 
 
-async def test_gauges_follow_the_queue(queue: SQLiteJobQueue) -> None:
+async def test_gauges_follow_the_queue(queue: JobQueue) -> None:
     metrics = Metrics()
     first, _ = await queue.enqueue(make_job(), now=T0)
     await queue.enqueue(make_job(), now=T0 + 10)

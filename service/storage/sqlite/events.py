@@ -393,6 +393,18 @@ class SQLiteEventLog:
             )
         return bool(list(rows))
 
+    async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        async with self._db.exclusive() as conn:
+            for chunk in _chunks(list(job_ids)):
+                rows = await conn.execute_fetchall(
+                    f"SELECT DISTINCT job_id FROM events WHERE job_id IN ({marks(chunk)})"
+                    " AND event_type = ?",
+                    (*chunk, event_type),
+                )
+                found.update(row[0] for row in rows)
+        return found
+
     async def rejected(self, *, after: int = 0, limit: int = 100) -> list[RejectedCallback]:
         """Refused callbacks kept for replay, oldest first."""
         async with self._db.exclusive() as conn:

@@ -1,23 +1,29 @@
-"""The SQLite job queue on a real file: order, leases, idempotency, state changes, observation."""
+"""The job queue contract, on every backend: order, leases, idempotency, state changes,
+observation, and several storages (processes or replicas) sharing one database."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
+import dataclasses
+import itertools
 
 import pytest
 
-from service.queue import IdempotencyConflict, JobError
-from service.storage.sqlite.database import Database
-from service.storage.sqlite.queue import SQLiteJobQueue
-from tests.queue.conftest import make_job
+from service.queue import IdempotencyConflict, JobError, JobQueue
+from service.storage import Storage
+from tests.queue.samples import make_job
+from tests.storage.conftest import OpenBackend
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
 
 
-async def test_claims_higher_job_level_first_then_oldest(queue: SQLiteJobQueue) -> None:
+@pytest.fixture
+def queue(storage: Storage) -> JobQueue:
+    return storage.queue
+
+
+async def test_claims_higher_job_level_first_then_oldest(queue: JobQueue) -> None:
     levels = [0, 2, 1, 2, 0, 1]
     ids = []
     for i, level in enumerate(levels):
@@ -32,7 +38,7 @@ async def test_claims_higher_job_level_first_then_oldest(queue: SQLiteJobQueue) 
 
 
 async def test_a_job_waiting_for_its_retry_time_is_not_claimed_before_it(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     job, _ = await queue.enqueue(make_job(level=2), now=T0)
     other, _ = await queue.enqueue(make_job(level=0), now=T0)
@@ -55,7 +61,7 @@ async def test_a_job_waiting_for_its_retry_time_is_not_claimed_before_it(
 
 
 async def test_an_expired_lease_returns_the_job_and_fences_the_old_owner(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     first = await queue.claim("dead-worker", lease_seconds=LEASE, now=T0)
@@ -80,7 +86,7 @@ async def test_an_expired_lease_returns_the_job_and_fences_the_old_owner(
     assert stored.ci_job_id == "ci-2"
 
 
-async def test_a_heartbeat_keeps_the_lease(queue: SQLiteJobQueue) -> None:
+async def test_a_heartbeat_keeps_the_lease(queue: JobQueue) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     assert await queue.claim("w", lease_seconds=LEASE, now=T0) is not None
     assert await queue.heartbeat(job.id, "w", lease_seconds=LEASE, now=T0 + 20)
@@ -88,42 +94,15 @@ async def test_a_heartbeat_keeps_the_lease(queue: SQLiteJobQueue) -> None:
     assert await queue.claim("x", lease_seconds=LEASE, now=T0 + 20 + LEASE) is not None
 
 
-async def test_processes_sharing_the_file_never_claim_the_same_job(
-    db: Database, queue: SQLiteJobQueue, tmp_path: Path
-) -> None:
-    ids = set()
-    for i in range(300):
-        record, _ = await queue.enqueue(make_job(level=i % 3), now=T0 + i)
-        ids.add(record.id)
-    path = str(tmp_path / "queue.db")
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.queue.claimer", path, f"proc{i}",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for i in range(4)
-    ]
-    outputs = [await p.communicate() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0]
-    claimed = [line for out, _ in outputs for line in out.decode().split()]
-
-    assert len(claimed) == len(set(claimed)) == 300
-    assert set(claimed) == ids
-
-
 async def test_begin_attempt_counts_and_marks_in_doubt_durably(
-    queue: SQLiteJobQueue, db: Database, tmp_path: Path
+    queue: JobQueue, open_backend: OpenBackend
 ) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
     assert await queue.begin_attempt(job.id, "w", now=T0 + 1, lookup_after=T0 + 11)
 
-    # Seen through a second connection, as another process would after a crash.
-    other = await Database.open(str(tmp_path / "queue.db"))
-    try:
-        stored = await SQLiteJobQueue(other).get(job.id)
-    finally:
-        await other.close()
+    # Seen through storage opened a second time, as another process or replica would after a crash.
+    stored = await (await open_backend()).queue.get(job.id)
     assert stored is not None
     assert stored.in_doubt
     assert stored.attempts == 1
@@ -138,12 +117,16 @@ async def test_begin_attempt_counts_and_marks_in_doubt_durably(
     assert again.attempts == 1
 
 
-async def test_retry_later_can_count_an_attempt_without_sending(queue: SQLiteJobQueue) -> None:
+async def test_retry_later_can_count_an_attempt_without_sending(queue: JobQueue) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
     assert await queue.retry_later(
-        job.id, "w", error=JobError("Timeout", "lookup failed"), available_at=T0,
-        in_doubt=True, count_attempt=True,
+        job.id,
+        "w",
+        error=JobError("Timeout", "lookup failed"),
+        available_at=T0,
+        in_doubt=True,
+        count_attempt=True,
     )
     stored = await queue.get(job.id)
     assert stored is not None
@@ -152,7 +135,7 @@ async def test_retry_later_can_count_an_attempt_without_sending(queue: SQLiteJob
 
 
 async def test_bury_makes_the_job_dead_with_its_error_and_retry_requeues_it(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
@@ -174,7 +157,7 @@ async def test_bury_makes_the_job_dead_with_its_error_and_retry_requeues_it(
     assert await queue.claim("w", lease_seconds=LEASE, now=T0 + 2) is not None
 
 
-async def test_release_gives_a_claimed_job_back_at_once(queue: SQLiteJobQueue) -> None:
+async def test_release_gives_a_claimed_job_back_at_once(queue: JobQueue) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
     assert await queue.release(job.id, "w", now=T0 + 1)
@@ -183,7 +166,7 @@ async def test_release_gives_a_claimed_job_back_at_once(queue: SQLiteJobQueue) -
     assert released.id == job.id
 
 
-async def test_idempotency_key_returns_the_same_job_or_conflicts(queue: SQLiteJobQueue) -> None:
+async def test_idempotency_key_returns_the_same_job_or_conflicts(queue: JobQueue) -> None:
     first, created = await queue.enqueue(make_job(key="k1", fingerprint="f1"), now=T0)
     assert created
     again, created_again = await queue.enqueue(make_job(key="k1", fingerprint="f1"), now=T0 + 1)
@@ -195,7 +178,7 @@ async def test_idempotency_key_returns_the_same_job_or_conflicts(queue: SQLiteJo
     assert (await queue.depth_by_state())["queued"] == 1
 
 
-async def test_cancel_queued_only_cancels_queued_jobs(queue: SQLiteJobQueue) -> None:
+async def test_cancel_queued_only_cancels_queued_jobs(queue: JobQueue) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     before = await queue.cancel_queued(job.id, now=T0 + 1)
     assert before is not None
@@ -209,7 +192,7 @@ async def test_cancel_queued_only_cancels_queued_jobs(queue: SQLiteJobQueue) -> 
 
 
 async def test_a_claimed_job_cancelled_meanwhile_refuses_the_workers_writes(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     await queue.claim("w", lease_seconds=LEASE, now=T0)
@@ -223,7 +206,7 @@ async def test_a_claimed_job_cancelled_meanwhile_refuses_the_workers_writes(
     assert stored.ci_job_id == "ci-1"
 
 
-async def test_events_side_state_changes(queue: SQLiteJobQueue) -> None:
+async def test_events_side_state_changes(queue: JobQueue) -> None:
     job, _ = await queue.enqueue(make_job(), now=T0)
     assert not await queue.mark_running(job.id)  # still queued
     await queue.claim("w", lease_seconds=LEASE, now=T0)
@@ -241,7 +224,7 @@ async def test_events_side_state_changes(queue: SQLiteJobQueue) -> None:
     assert await queue.unfinished_batches(10) == []
 
 
-async def test_depth_oldest_age_and_next_available(queue: SQLiteJobQueue) -> None:
+async def test_depth_oldest_age_and_next_available(queue: JobQueue) -> None:
     assert await queue.oldest_queued_age(T0) == 0.0
     assert await queue.next_available_at() is None
     a, _ = await queue.enqueue(make_job(), now=T0)
@@ -251,14 +234,19 @@ async def test_depth_oldest_age_and_next_available(queue: SQLiteJobQueue) -> Non
 
     depth = await queue.depth_by_state()
     assert depth == {
-        "queued": 1, "submitted": 1, "running": 0, "succeeded": 0, "failed": 0,
-        "cancelled": 0, "dead": 0,
+        "queued": 1,
+        "submitted": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "dead": 0,
     }
     assert await queue.oldest_queued_age(T0 + 10) == 5.0
     assert await queue.next_available_at() == T0 + 5
 
 
-async def test_list_is_newest_first_with_a_keyset_cursor(queue: SQLiteJobQueue) -> None:
+async def test_list_is_newest_first_with_a_keyset_cursor(queue: JobQueue) -> None:
     ids = [(await queue.enqueue(make_job(), now=T0 + i))[0].id for i in range(7)]
     seen: list[str] = []
     before = None
@@ -270,7 +258,7 @@ async def test_list_is_newest_first_with_a_keyset_cursor(queue: SQLiteJobQueue) 
     assert seen == ids[::-1]
 
 
-async def test_list_filters_by_state(queue: SQLiteJobQueue) -> None:
+async def test_list_filters_by_state(queue: JobQueue) -> None:
     a, _ = await queue.enqueue(make_job(), now=T0)
     b, _ = await queue.enqueue(make_job(), now=T0)
     await queue.cancel_queued(a.id, now=T0)
@@ -278,38 +266,15 @@ async def test_list_filters_by_state(queue: SQLiteJobQueue) -> None:
     assert [j.id for j in await queue.list_jobs(states=["queued", "cancelled"])] == [b.id, a.id]
 
 
-async def test_wait_changed_wakes_on_enqueue(queue: SQLiteJobQueue) -> None:
+async def test_wait_changed_wakes_on_enqueue(queue: JobQueue) -> None:
     waiter = asyncio.create_task(queue.wait_changed(3600))
     await asyncio.sleep(0)  # let the waiter start waiting
     await queue.enqueue(make_job(), now=T0)
     await asyncio.wait_for(waiter, timeout=10)
 
 
-async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
-    await SQLiteJobQueue.open(db)
-    await SQLiteJobQueue.open(db)
-    async with db.exclusive() as conn:
-        cur = await conn.execute(
-            "SELECT version FROM schema_migrations WHERE component = 'queue'"
-        )
-        rows = await cur.fetchall()
-    assert [r[0] for r in rows] == [1]
-
-
-async def test_the_claim_uses_the_priority_index(db: Database, queue: SQLiteJobQueue) -> None:
-    async with db.exclusive() as conn:
-        cur = await conn.execute(
-            "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE state = 'queued' AND available_at <= ?"
-            " ORDER BY job_level DESC, seq LIMIT 1",
-            (T0,),
-        )
-        plan = " ".join(str(r[3]) for r in await cur.fetchall())
-    assert "jobs_claim" in plan
-    assert "TEMP B-TREE" not in plan
-
-
 async def test_concurrent_enqueues_commit_together_and_keep_idempotency(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     plain = [make_job() for _ in range(30)]
     same_key = [make_job(key="shared", fingerprint="f") for _ in range(5)]
@@ -331,7 +296,7 @@ async def test_concurrent_enqueues_commit_together_and_keep_idempotency(
 
 
 async def test_a_failing_job_does_not_fail_the_jobs_committed_with_it(
-    queue: SQLiteJobQueue,
+    queue: JobQueue,
 ) -> None:
     good = make_job()
     duplicate_id = make_job()
@@ -344,3 +309,77 @@ async def test_a_failing_job_does_not_fail_the_jobs_committed_with_it(
     assert isinstance(results[1], Exception)  # the same job id twice: refused by the database
     assert (await queue.depth_by_state())["queued"] == 2
     assert first.id == duplicate_id.id
+
+
+async def test_a_stored_request_comes_back_as_it_was_accepted(queue: JobQueue) -> None:
+    # Key order matters: the submission XML is built from the request in this order.
+    request = {"Type": "Job", "Name": "zé", "Operation": {"Tag": "Transcode", "JobLevel": "2"}}
+    record, _ = await queue.enqueue(dataclasses.replace(make_job(), request=request), now=T0)
+    stored = await queue.get(record.id)
+    assert stored is not None
+    assert list(stored.request) == ["Type", "Name", "Operation"]
+    assert stored.request == request
+    assert record.request == request
+
+
+# --- several storages on one database: processes sharing a file, replicas sharing PostgreSQL ---
+
+
+async def test_storages_claiming_at_once_never_hand_out_one_job_twice(
+    storage: Storage, open_backend: OpenBackend
+) -> None:
+    ids = set()
+    for i in range(400):
+        record, _ = await storage.queue.enqueue(make_job(level=i % 3), now=T0)
+        ids.add(record.id)
+    replicas = [storage, await open_backend()]
+    claimed: list[tuple[str, str]] = []
+
+    async def worker(queue: JobQueue, owner: str) -> None:
+        while (job := await queue.claim(owner, lease_seconds=LEASE, now=T0 + 1)) is not None:
+            claimed.append((job.id, owner))
+            assert await queue.record_submitted(job.id, owner, f"ci-{job.id}", now=T0 + 2)
+
+    await asyncio.gather(
+        *(
+            worker(replica.queue, f"replica{r}-worker{w}")
+            for r, replica in enumerate(replicas)
+            for w in range(8)
+        )
+    )
+
+    assert len(claimed) == len({job_id for job_id, _ in claimed}) == 400
+    assert {job_id for job_id, _ in claimed} == ids
+    assert len({owner.split("-")[0] for _, owner in claimed}) == 2  # both replicas took work
+    assert (await storage.queue.depth_by_state())["submitted"] == 400
+
+
+async def test_one_idempotency_key_sent_to_two_storages_at_once_makes_one_job(
+    storage: Storage, open_backend: OpenBackend
+) -> None:
+    first, second = storage.queue, (await open_backend()).queue
+    keys = [f"key-{i}" for i in range(40)]
+    # The same keys in opposite orders: each storage's batch meets the other's keys in reverse.
+    sends = [
+        *(first.enqueue(make_job(key=k, fingerprint=f"f-{k}"), now=T0) for k in keys),
+        *(second.enqueue(make_job(key=k, fingerprint=f"f-{k}"), now=T0) for k in reversed(keys)),
+        *(second.enqueue(make_job(key=k, fingerprint="other"), now=T0) for k in keys[::10]),
+    ]
+    results = await asyncio.gather(*sends, return_exceptions=True)
+
+    answers = [r for r in results if isinstance(r, tuple)]
+    conflicts = [r for r in results if isinstance(r, IdempotencyConflict)]
+    assert len(answers) == 80
+    assert len(conflicts) == 4
+    by_key = {
+        key: [record for record, _ in group]
+        for key, group in itertools.groupby(
+            sorted(answers, key=lambda a: str(a[0].idempotency_key)),
+            key=lambda a: a[0].idempotency_key,
+        )
+    }
+    assert sorted(by_key) == sorted(keys)
+    assert all(len({record.id for record in group}) == 1 for group in by_key.values())
+    assert sum(created for _, created in answers) == 40
+    assert {c.existing.id for c in conflicts} == {by_key[k][0].id for k in keys[::10]}
+    assert (await first.depth_by_state())["queued"] == 40
