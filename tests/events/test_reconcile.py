@@ -125,7 +125,7 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+    tmp_path: Path, storage_url: str, aiohttp_client: Callable[..., Awaitable[Client]]
 ) -> AsyncIterator[RigFactory]:
     runners: list[web.AppRunner] = []
 
@@ -148,7 +148,7 @@ async def make_rig(
         await site.start()
         emulator_port = runner.addresses[0][1]
         port = unused_port()
-        settings = events_settings(tmp_path).replace(
+        settings = events_settings(tmp_path, CIRELAY_DATABASE_URL=storage_url).replace(
             public_url=f"http://127.0.0.1:{port}",
             ci_endpoint=f"http://127.0.0.1:{emulator_port}",
             ci_secret_id=SECRET_ID,

@@ -7,6 +7,12 @@ import asyncio
 from typing import Any
 
 from service.storage import BatchProgress, Storage
+from service.storage.postgres import events as pg_events
+from service.storage.postgres import queue as pg_queue
+from service.storage.postgres.database import Database as PostgresDatabase
+from service.storage.sqlite import events as sqlite_events
+from service.storage.sqlite import queue as sqlite_queue
+from service.storage.sqlite.database import Database as SQLiteDatabase
 from tests.storage.conftest import OpenBackend
 
 
@@ -122,3 +128,35 @@ async def test_concurrent_listing_and_events_leave_nothing_unattached(storage: S
     assert len(attached) == len(media)
     assert set(attached.values()) == {("job1", "b1")}
     assert (await events.unaccounted("job1", "b1")).missing == 0
+
+
+async def test_an_upgrade_from_the_first_schema_keeps_what_was_stored(
+    backend: str, storage_url: str, open_backend: OpenBackend
+) -> None:
+    """A database made by the previous release (version 1 of each component) takes the new
+    tables and indexes on open, and what it held is still there and attachable."""
+    if backend == "sqlite":
+        sqlite_db = await SQLiteDatabase.open(storage_url.removeprefix("sqlite:///"))
+        await sqlite_db.migrate("queue", sqlite_queue.MIGRATIONS[:1])
+        await sqlite_db.migrate("events", sqlite_events.MIGRATIONS[:1])
+        async with sqlite_db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO events (event_id, event_type, source, job_id, received_at, body)"
+                " VALUES ('old', 'TaskFinish', 'pulsar', 'm1', '2024-01-01T00:00:00Z', ?)",
+                ('{"event_id": "old", "job_id": "m1"}',),
+            )
+        await sqlite_db.close()
+    else:
+        pg_db = await PostgresDatabase.open(storage_url, pool_size=1)
+        await pg_db.migrate("queue", pg_queue.MIGRATIONS[:1])
+        await pg_db.migrate("events", pg_events.MIGRATIONS[:1])
+        async with pg_db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO events (event_id, event_type, source, job_id, received_at, body)"
+                " VALUES ('old', 'TaskFinish', 'pulsar', 'm1', '2024-01-01T00:00:00Z', $1)",
+                '{"event_id": "old", "job_id": "m1"}',
+            )
+        await pg_db.close()
+    storage = await open_backend()
+    assert await storage.events.record_listing(BatchProgress("job1", "b1"), ["m1"]) == set()
+    assert await links(storage, "job1") == {"old": ("job1", "b1")}

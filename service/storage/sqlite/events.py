@@ -144,7 +144,7 @@ class SQLiteEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
-        rejected_max_bytes: int,
+        rejected_max_bytes: int = 64 * 1024 * 1024,  # CIRELAY_REJECTED_MAX_BYTES's default
     ) -> SQLiteEventLog:
         """Migrate the schema. ``outbox``: keep outbox rows for a publisher."""
         await db.migrate("events", MIGRATIONS)
@@ -280,8 +280,9 @@ class SQLiteEventLog:
                 )
                 rows = await conn.execute_fetchall(
                     "SELECT media_job_id FROM batch_media"
-                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0",
-                    chunk,
+                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0"
+                    " AND cirelay_job_id = ?",
+                    (*chunk, job),
                 )
                 missing.update(row[0] for row in rows)
             await conn.execute(
@@ -309,13 +310,15 @@ class SQLiteEventLog:
                 "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
                 (batch_id, job),
             )
-            # Only media jobs not yet accounted for are looked at: a pass costs what is missing.
+            # Every event of its media jobs still attached to nothing (few: found by index).
             await conn.execute(
-                "UPDATE events SET cirelay_job_id = ?, batch_id = COALESCE(batch_id, ?)"
-                " WHERE cirelay_job_id IS NULL AND job_id IN (SELECT media_job_id"
-                "  FROM batch_media WHERE cirelay_job_id = ? AND accounted = 0)",
-                (job, batch_id, job),
+                "UPDATE events SET cirelay_job_id = m.cirelay_job_id,"
+                " batch_id = COALESCE(events.batch_id, m.batch_id) FROM batch_media AS m"
+                " WHERE events.cirelay_job_id IS NULL AND m.media_job_id = events.job_id"
+                " AND m.cirelay_job_id = ?",
+                (job,),
             )
+            # Only media jobs not yet accounted for are looked at: a pass costs what is missing.
             await conn.execute(
                 "UPDATE batch_media SET accounted = 1"
                 " WHERE cirelay_job_id = ? AND accounted = 0 AND EXISTS (SELECT 1 FROM events e"
