@@ -85,8 +85,9 @@ class EventLog(Protocol):
     # An event that came without a per-job token (static token, Pulsar) is attached to its job by
     # its media job id, through the media jobs the reconciler recorded: by ``store`` in the
     # statement that inserts it when the media job is already known, by ``record_listing`` for
-    # events stored before. The two never miss each other: either the insert sees the recorded
-    # media job or the recording sees the inserted event.
+    # events stored before, and by ``unaccounted`` for any that an insert running at the very
+    # moment of the recording left unattached (possible on PostgreSQL, whose statements see
+    # what was committed when they began): BatchFinish follows ``unaccounted``, never precedes it.
 
     async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None: ...
 
