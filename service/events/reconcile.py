@@ -6,7 +6,8 @@ that exists at CI and has not ended here, a pass (every ``CIRELAY_RECONCILE_SECO
 1. reads the batch (``GET /inventorytriggerjob/<id>``): one call;
 2. until the listing is complete, lists the batch's media jobs (``GET /jobs``, oldest first, 100 a
    page) from where the last pass stopped: the page it ended on, asked again for media jobs added
-   since, then any new pages. Each page's media jobs are recorded as our job's, which attaches
+   since, then up to ``CALLS_PER_PASS`` new pages, so that a pass costs the same whatever the
+   batch's size. Each page's media jobs are recorded as our job's, which attaches
    their events that came without a per-job token (static token, Pulsar), and the progress is
    saved with them, so a pass after a restart, or on another replica, carries on from there. A
    media job on the page that ended more than ``CIRELAY_RECONCILE_GRACE_SECONDS`` ago with no
@@ -16,7 +17,8 @@ that exists at CI and has not ended here, a pass (every ``CIRELAY_RECONCILE_SECO
 3. once the listing is complete, counts in storage the media jobs still missing their TaskFinish
    (no CI call). None: ``BatchFinish`` goes out and our job ends. Some, and the grace has passed
    since the batch ended: one sweep asks CI for them, by id (10 a call) or, when that costs more,
-   by listing again, and rebuilds their events; then the batch finishes.
+   by listing again (``CALLS_PER_PASS`` calls a pass, resumed where it stopped), and rebuilds
+   their events; then the batch finishes.
 
 Over a batch of N media jobs that costs N/100 listed pages, at most N/100 more for the sweep, and
 two calls a pass (the batch, and its last page again while it runs). A pass holds one page.
@@ -59,6 +61,12 @@ MEDIA_END_STATES = frozenset({"Success", "Failed", "Cancel"})
 _BATCHES_PER_PASS = 500
 PAGE_SIZE = 100  # CI's largest list page
 IDS_PER_CALL = 10  # media jobs asked for by id in one ``GET /jobs/<id>,…``
+# Media job calls one batch may make in one pass, besides the batch GET: a pass costs the same
+# whatever the batch's size, and a large batch is caught up over a few passes.
+CALLS_PER_PASS = 10
+# A sweep under way, as kept in ``BatchProgress.sweep_token``: which kind, and where it is.
+_BY_ID = "id"
+_BY_PAGE = "page"
 
 
 class Reconciler:
@@ -149,10 +157,11 @@ class Reconciler:
     async def _list(
         self, job: JobRecord, batch: BatchJob, progress: BatchProgress, *, ended: bool
     ) -> BatchProgress:
-        """Read new pages of the batch's media jobs, recording each; the progress made."""
+        """Read up to ``CALLS_PER_PASS`` new pages of the batch's media jobs, recording each;
+        the progress made."""
         token = progress.page_token
         seen = {token}
-        while True:
+        for _ in range(CALLS_PER_PASS):
             page = await self._page(job, batch.job_id, token)
             missing = await self._pipeline.record_listing(
                 dataclasses.replace(progress, page_token=token), _ids(page.jobs)
@@ -166,41 +175,49 @@ class Reconciler:
             seen.add(following)
             token = following
             if not await self._hold(job):
-                return dataclasses.replace(progress, page_token=token)
+                break
+        progress = dataclasses.replace(progress, page_token=token)
+        await self._pipeline.record_listing(progress, [])
+        return progress
 
     async def _sweep(
         self, job: JobRecord, batch: BatchJob, progress: BatchProgress, accounting: Accounting
     ) -> bool:
-        """Ask CI once for the media jobs whose TaskFinish is still missing after the grace:
-        by id when that takes fewer calls than listing the batch again. False when another
-        replica took the batch over meanwhile."""
-        pages = math.ceil(accounting.recorded / PAGE_SIZE)
-        if progress.sweep_token is None and accounting.missing <= IDS_PER_CALL * pages:
-            after = ""
-            while ids := await self._pipeline.missing_media(job, after=after, limit=IDS_PER_CALL):
+        """Ask CI once for the media jobs whose TaskFinish is still missing after the grace: by
+        id when that takes fewer calls than listing the batch again, at most ``CALLS_PER_PASS``
+        calls a pass. True once the sweep went through all of them."""
+        sweep = progress.sweep_token
+        if sweep is None:
+            pages = math.ceil(accounting.recorded / PAGE_SIZE)
+            by_id = accounting.missing <= IDS_PER_CALL * pages
+            sweep = f"{_BY_ID if by_id else _BY_PAGE}:"
+        kind, _, position = sweep.partition(":")
+        for _ in range(CALLS_PER_PASS):
+            if kind == _BY_ID:
+                ids = await self._pipeline.missing_media(job, after=position, limit=IDS_PER_CALL)
+                if not ids:
+                    break
                 found = await self._ci.get_media_jobs(job.bucket, job.region, ids)
                 await self._rebuild(job, batch, found.jobs, set(ids), after_grace=True)
-                after = ids[-1]
-            return True
-        # Listing again from the start (or from where an interrupted sweep stopped).
-        token = progress.sweep_token or ""
-        seen = {token}
-        while True:
-            page = await self._page(job, batch.job_id, token)
-            missing = await self._pipeline.record_listing(
-                dataclasses.replace(progress, sweep_token=token), _ids(page.jobs)
-            )
-            await self._rebuild(job, batch, page.jobs, missing, after_grace=True)
-            following = page.next_token
-            if not following or following in seen:
-                await self._pipeline.record_listing(
-                    dataclasses.replace(progress, sweep_token=None), []
+                position = ids[-1]
+            else:
+                page = await self._page(job, batch.job_id, position)
+                missing = await self._pipeline.record_listing(
+                    dataclasses.replace(progress, sweep_token=f"{kind}:{position}"),
+                    _ids(page.jobs),
                 )
-                return True
-            seen.add(following)
-            token = following
+                await self._rebuild(job, batch, page.jobs, missing, after_grace=True)
+                if not page.next_token or page.next_token == position:
+                    break
+                position = page.next_token
             if not await self._hold(job):
                 return False
+        else:  # the calls of this pass are spent: carry on from here next pass
+            progress = dataclasses.replace(progress, sweep_token=f"{kind}:{position}")
+            await self._pipeline.record_listing(progress, [])
+            return False
+        await self._pipeline.record_listing(dataclasses.replace(progress, sweep_token=None), [])
+        return True
 
     async def _page(self, job: JobRecord, batch_id: str, token: str) -> MediaJobPage:
         return await self._ci.list_media_jobs(

@@ -475,3 +475,17 @@ async def test_an_event_stored_between_a_pass_linking_and_checking_ends_attached
     resp = await rig.client.post(f"/v1/callbacks/{STATIC_TOKEN}", json=body)
     assert (await resp.json())["new"] == 1
     assert len(await rig.events(job.id)) == 5
+
+
+async def test_a_pass_reads_at_most_its_share_of_pages_and_the_next_carries_on(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(emulator_objects_per_prefix=1500)  # 15 pages
+    rig.engine.pause()
+    await rig.submit()
+    await rig.reconcile(past_grace=False)
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (1, 10)
+    await rig.reconcile(past_grace=False)  # pages 11 to 15, the last one
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, 15)
+    await rig.reconcile(past_grace=False)  # only the last page again
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, 16)

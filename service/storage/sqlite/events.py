@@ -100,6 +100,8 @@ _INSERT_REJECTED = (
 )
 # SQLite's default limit on host parameters is far above this; chunks keep statements small.
 _IN_CHUNK = 500
+# Media jobs checked for their TaskFinish per transaction by ``unaccounted``.
+_ACCOUNT_SLICE = 2000
 # Events per INSERT: one statement per transaction, and few distinct statement texts to cache.
 _MAX_BATCH_ROWS = 64
 
@@ -318,14 +320,28 @@ class SQLiteEventLog:
                 " AND m.cirelay_job_id = ?",
                 (job,),
             )
-            # Only media jobs not yet accounted for are looked at: a pass costs what is missing.
-            await conn.execute(
-                "UPDATE batch_media SET accounted = 1"
-                " WHERE cirelay_job_id = ? AND accounted = 0 AND EXISTS (SELECT 1 FROM events e"
-                "  WHERE e.job_id = batch_media.media_job_id"
-                "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
-                (job, job),
-            )
+        # Only media jobs not yet accounted for are looked at, a short transaction per slice:
+        # the first check of a large batch must not hold the one write lock for long.
+        after = ""
+        while True:
+            async with self._db.transaction() as conn:
+                rows = await conn.execute_fetchall(
+                    "SELECT media_job_id FROM batch_media WHERE cirelay_job_id = ?"
+                    " AND accounted = 0 AND media_job_id > ? ORDER BY media_job_id LIMIT ?",
+                    (job, after, _ACCOUNT_SLICE),
+                )
+                ids = [row[0] for row in rows]
+                if not ids:
+                    break
+                await conn.execute(
+                    "UPDATE batch_media SET accounted = 1 WHERE cirelay_job_id = ?"
+                    " AND accounted = 0 AND media_job_id > ? AND media_job_id <= ?"
+                    " AND EXISTS (SELECT 1 FROM events e WHERE e.job_id = batch_media.media_job_id"
+                    "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
+                    (job, after, ids[-1], job),
+                )
+            after = ids[-1]
+        async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT COUNT(*), COALESCE(SUM(1 - accounted), 0) FROM batch_media"
                 " WHERE cirelay_job_id = ?",
