@@ -63,7 +63,7 @@ PAGE_SIZE = 100  # CI's largest list page
 IDS_PER_CALL = 10  # media jobs asked for by id in one ``GET /jobs/<id>,…``
 # Media job calls one batch may make in one pass, besides the batch GET: a pass costs the same
 # whatever the batch's size, and a large batch is caught up over a few passes.
-CALLS_PER_PASS = 10
+CALLS_PER_PASS = 20
 # A sweep under way, as kept in ``BatchProgress.sweep_token``: which kind, and where it is.
 _BY_ID = "id"
 _BY_PAGE = "page"
@@ -93,14 +93,16 @@ class Reconciler:
         self._clock = clock
 
     async def run(self) -> None:
-        """Reconcile every ``interval`` seconds until cancelled."""
+        """Start a pass every ``interval`` seconds (at once if the last one took longer) until
+        cancelled."""
         while True:
+            started = time.monotonic()
             try:
                 with self._metrics.reconcile_pass.time():
                     await self.reconcile_once()
             except Exception:  # a failed pass is retried on the next tick, not fatal
                 log.exception("reconcile_pass_failed")
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(max(0.0, started + self._interval - time.monotonic()))
 
     async def reconcile_once(self) -> None:
         jobs = await self._pipeline.open_batches(_BATCHES_PER_PASS)

@@ -33,7 +33,7 @@ from service.ci.signing import Credentials
 from service.emulator.app import create_emulator_app
 from service.emulator.jobs import Engine
 from service.emulator.keys import ENGINE
-from service.events.reconcile import Reconciler
+from service.events.reconcile import CALLS_PER_PASS, PAGE_SIZE, Reconciler
 from service.queue import JobRecord
 from service.tokens import callback_token
 from tests.events.support import API_TOKEN, STATIC_TOKEN, events_settings, sample
@@ -480,12 +480,13 @@ async def test_an_event_stored_between_a_pass_linking_and_checking_ends_attached
 async def test_a_pass_reads_at_most_its_share_of_pages_and_the_next_carries_on(
     make_rig: RigFactory,
 ) -> None:
-    rig = await make_rig(emulator_objects_per_prefix=1500)  # 15 pages
+    pages = CALLS_PER_PASS + 5
+    rig = await make_rig(emulator_objects_per_prefix=pages * PAGE_SIZE)
     rig.engine.pause()
     await rig.submit()
     await rig.reconcile(past_grace=False)
-    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (1, 10)
-    await rig.reconcile(past_grace=False)  # pages 11 to 15, the last one
-    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, 15)
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (1, CALLS_PER_PASS)
+    await rig.reconcile(past_grace=False)  # the 5 pages left, the last one among them
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, pages)
     await rig.reconcile(past_grace=False)  # only the last page again
-    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, 16)
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, pages + 1)
