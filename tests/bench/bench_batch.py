@@ -11,7 +11,7 @@ every ``--reconcile-seconds``. Reported, from the service's own metrics and file
 
 - CI read calls (batch GET, media job list and lookups) per 100 media jobs, and the passes made;
 - the mean time of a reconcile pass;
-- the service's peak RSS (``VmHWM``);
+- the service's and the emulator's peak RSS (``VmHWM``);
 - the time from the batch's end at the emulator (when its last media job ended) to the
   ``BatchFinish`` event (its ``received_at`` minus its ``ended_at``; CI's times are to the second);
 - the database's size (file, WAL and shared memory).
@@ -113,8 +113,9 @@ def _process(args: list[str], env: dict[str, str], port: int, what: str) -> Iter
 @contextmanager
 def _stack(
     workdir: Path, objects: int, args: argparse.Namespace, **service_env: str
-) -> Iterator[tuple[str, int, Path]]:
-    """The emulator and the service on fresh ports and a fresh database: (url, service pid, db)."""
+) -> Iterator[tuple[str, int, int, Path]]:
+    """The emulator and the service on fresh ports and a fresh database: (service url, service
+    pid, emulator pid, db)."""
     emulator_port, service_port = free_port(), free_port()
     db = workdir / f"cirelay-{objects}-{time.monotonic_ns()}.db"
     emulator_env = {
@@ -139,10 +140,10 @@ def _stack(
     }
     emulator = ["emulator", "--host", "127.0.0.1", "--port", str(emulator_port)]
     with (
-        _process(emulator, emulator_env, emulator_port, "emulator"),
+        _process(emulator, emulator_env, emulator_port, "emulator") as emulator_pid,
         _process(["serve", "--port", str(service_port)], env, service_port, "service") as pid,
     ):
-        yield f"http://127.0.0.1:{service_port}", pid, db
+        yield f"http://127.0.0.1:{service_port}", pid, emulator_pid, db
 
 
 async def _submit(session: aiohttp.ClientSession, url: str, name: str) -> str:
@@ -203,7 +204,7 @@ def _epoch(text: str) -> float:
 
 
 async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> dict[str, Any]:
-    with _stack(workdir, objects, args) as (url, pid, db):
+    with _stack(workdir, objects, args) as (url, pid, emulator_pid, db):
         async with aiohttp.ClientSession(headers=AUTH) as session:
             started = time.monotonic()
             job_id = await _submit(session, url, f"bench-{objects}")
@@ -212,6 +213,7 @@ async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> di
             metrics = await _metrics(session, url)
             finish = await _batch_finish(session, url, job_id)
             rss = _peak_rss_mib(pid)
+            emulator_rss = _peak_rss_mib(emulator_pid)
     reads = sum(metrics.get(op, 0.0) for op in READ_CALLS)
     passes = metrics.get("cirelay_reconcile_pass_seconds_count", 0.0)
     return {
@@ -226,6 +228,7 @@ async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> di
             1000 * metrics.get("cirelay_reconcile_pass_seconds_sum", 0.0) / max(passes, 1), 1
         ),
         "peak_rss_mib": round(rss, 1),
+        "emulator_peak_rss_mib": round(emulator_rss, 1),
         "end_to_batch_finish_s": round(
             _epoch(finish["received_at"]) - _epoch(finish["ended_at"]), 1
         ),
@@ -237,7 +240,8 @@ async def steady(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A 100-object job a second with retention at 20 s: the database's size over time."""
     retention_days = 20 / 86_400
     sizes: list[float] = []
-    with _stack(workdir, 100, args, CIRELAY_RETENTION_DAYS=str(retention_days)) as (url, _, db):
+    retained = _stack(workdir, 100, args, CIRELAY_RETENTION_DAYS=str(retention_days))
+    with retained as (url, _, _, db):
         async with aiohttp.ClientSession(headers=AUTH) as session:
             started = time.monotonic()
             n = 0
