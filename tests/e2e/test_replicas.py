@@ -10,15 +10,17 @@ with exactly its events, CI holds exactly one batch per job, and the poller saw 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 
 from service.ci.client import CIClient
+from service.ci.errors import CIRetryableError
 from service.ci.signing import Credentials
 from tests.e2e import procs
 from tests.e2e.procs import AUTH
@@ -34,6 +36,9 @@ OBJECTS_PER_BATCH = 2
 DEADLINE = 120.0  # a hang guard, not what is measured
 END_STATES = {"Success": "succeeded", "Failed": "failed", "Cancel": "cancelled"}
 FINAL = {"succeeded", "failed", "cancelled", "dead"}
+
+
+T = TypeVar("T")
 
 
 def batch_request(index: int) -> dict[str, Any]:
@@ -122,6 +127,15 @@ async def post_job(
         return resp.status, await resp.json()
 
 
+async def past_faults(call: Callable[[], Awaitable[T]]) -> T:
+    """A read of the emulator, asked again through the faults it injects into it too."""
+    while True:
+        try:
+            return await call()
+        except CIRetryableError:
+            continue
+
+
 async def test_three_replicas_one_killed_every_job_and_event_exactly_once(
     tmp_path: Path, postgres_url: str, running: list[procs.Process]
 ) -> None:
@@ -177,15 +191,18 @@ async def test_three_replicas_one_killed_every_job_and_event_exactly_once(
 
         ci = CIClient(session, Credentials(SECRET_ID, SECRET_KEY), endpoint=emulator.url, timeout=5)
         for job_id, view in views.items():
-            batch = await ci.get(BUCKET, REGION, view["ci_job_id"])
+            batch = await past_faults(functools.partial(ci.get, BUCKET, REGION, view["ci_job_id"]))
             assert batch is not None
             assert view["state"] == END_STATES[batch.state], view
-            listing = await ci.list_media_jobs(
-                BUCKET,
-                REGION,
-                tag="Transcode",
-                inventory_trigger_job_id=view["ci_job_id"],
-                size=100,
+            listing = await past_faults(
+                functools.partial(
+                    ci.list_media_jobs,
+                    BUCKET,
+                    REGION,
+                    tag="Transcode",
+                    inventory_trigger_job_id=view["ci_job_id"],
+                    size=100,
+                )
             )
             media = {d["JobId"]: d["State"] for d in listing.jobs}
             tasks = [e for e in view["events"] if e["event_type"] == "TaskFinish"]
