@@ -206,10 +206,27 @@ def create_app(settings: Settings) -> web.Application:
             frozen_heap_ctx,
         ]
     )
-    app.add_routes(health.routes)
-    app.add_routes(metrics.routes)
+    if settings.admin_port:
+        # Probes and metrics on the management listener only (create_admin_app); /healthz stays
+        # here too: it says nothing but "alive", and the image's HEALTHCHECK uses this port.
+        app.add_routes([web.get("/healthz", health.healthz)])
+    else:
+        app.add_routes(health.routes)
+        app.add_routes(metrics.routes)
     app.add_routes(docs.routes)
     app.add_routes(jobs.routes)
     app.add_routes(callbacks.routes)
     app.add_routes(events.routes)
     return app
+
+
+def create_admin_app(app: web.Application) -> web.Application:
+    """The management listener's app (``CIRELAY_ADMIN_PORT``): ``/healthz``, ``/readyz`` and
+    ``/metrics`` of ``app``, whose settings, metrics and readiness checks it shares."""
+    admin = web.Application(middlewares=[request_context])
+    admin[SETTINGS] = app[SETTINGS]
+    admin[METRICS] = app[METRICS]
+    admin[READINESS] = app[READINESS]  # filled in as app's resources start
+    admin.add_routes(health.routes)
+    admin.add_routes(metrics.routes)
+    return admin

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 import structlog
-from aiohttp import web
 
 from service import __version__
-from service.app import create_app
+from service.app import create_admin_app, create_app
 from service.emulator.app import check_emulator, run_emulator
-from service.emulator.sandbox import bind_loopback, install_sandbox, sandbox_settings
+from service.emulator.sandbox import (
+    SANDBOX_HOST,
+    bind_loopback,
+    install_sandbox,
+    sandbox_settings,
+)
 from service.logging import configure_logging
 from service.reference import settings_markdown
+from service.server import serve_until_signalled, service_runner
 from service.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -67,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.replace(**overrides)
         if sandbox is not None:
             settings = sandbox_settings(settings, sandbox.getsockname()[1])
+            if args.host is None:  # its bearer token is the well-known `sandbox`: loopback only
+                settings = settings.replace(host=SANDBOX_HOST)
         settings.check()
         if args.command == "serve" and sandbox is None:
             settings.check_serve()
@@ -83,11 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings)
         if sandbox is not None:
             install_sandbox(app, settings, sandbox)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            shutdown_timeout=settings.shutdown_grace_seconds,
-        )
+        runner = service_runner(app, settings)
+        listeners = [(runner, settings.host, settings.port, settings.max_connections)]
+        if settings.admin_port:
+            admin = service_runner(create_admin_app(app), settings)
+            listeners.append(
+                (admin, settings.admin_host, settings.admin_port, settings.max_connections)
+            )
+        asyncio.run(serve_until_signalled(listeners))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import secrets
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -19,6 +20,9 @@ from typing import Any, Literal
 from service.tokens import derive_key
 
 PREFIX = "CIRELAY_"
+# Signs callback tokens when no CIRELAY_CALLBACK_SECRET is set (tests, embedding): never derived
+# from another secret, so rotating the API token cannot invalidate a callback URL.
+_PROCESS_CALLBACK_KEY = secrets.token_bytes(32)
 
 
 class SettingsError(Exception):
@@ -37,8 +41,16 @@ def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
 @dataclass(frozen=True)
 class Settings:
     # Service
-    host: str = _setting("0.0.0.0", "Address `cirelay serve` binds.")
+    host: str = _setting(
+        "0.0.0.0", "Address `cirelay serve` binds (`--sandbox`: 127.0.0.1 unless `--host`)."
+    )
     port: int = _setting(8080, "Port `cirelay serve` binds.")
+    admin_port: int = _setting(
+        0,
+        "Port of the management listener (`/metrics`, `/healthz`, `/readyz`); when set, `/metrics`"
+        " and `/readyz` leave the main port. 0 = everything on the main port.",
+    )
+    admin_host: str = _setting("0.0.0.0", "Address the management listener binds.")
     public_url: str = _setting(
         "",
         "Base URL at which CI reaches this service; callbacks go to `<url>/v1/callbacks/<token>`.",
@@ -51,17 +63,40 @@ class Settings:
     )
     callback_secret: str = _setting(
         "",
-        "Key for per-job callback tokens (HMAC); defaults to one derived from CIRELAY_API_TOKEN.",
+        "Keys of per-job callback tokens (HMAC), comma-separated: the first signs, every one"
+        " verifies (rotation: put the new key first, drop the old once its jobs have ended)."
+        " Required by `cirelay serve`; `--sandbox` generates one.",
         secret=True,
     )
     log_format: Literal["json", "console", "auto"] = _setting(
         "auto", "`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
     )
     log_level: str = _setting("info", "Minimum log level.")
+    access_log: Literal["all", "errors", "off"] = _setting(
+        "all", "Access log lines: every request, only answers of 400 and above, or none."
+    )
     max_body_bytes: int = _setting(
         1_048_576, "Largest request or callback body accepted (413 above)."
     )
     max_xml_depth: int = _setting(32, "Deepest nesting accepted in XML/JSON documents.")
+    max_connections: int = _setting(
+        1000,
+        "Most connections open at once per listener; past it the connection idle longest is"
+        " closed to make room (the new one, if every connection is busy).",
+    )
+    idle_timeout_seconds: float = _setting(
+        15.0,
+        "A connection that sends no complete request headers this long after it opened or after"
+        " its last answer is closed (header time-out and keep-alive).",
+    )
+    body_timeout_seconds: float = _setting(
+        30.0, "A request body not wholly received this long after its headers is answered 408."
+    )
+    log_repeat_window_seconds: float = _setting(
+        10.0,
+        "The same log event (logger, level, event) is written once per window; the next one"
+        " after it says how many were dropped (`repeats_dropped`). 0 = write every line.",
+    )
     shutdown_grace_seconds: float = _setting(
         20.0, "On SIGTERM: how long in-flight work may finish before it is released."
     )
@@ -218,13 +253,15 @@ class Settings:
                 env_name("database_url"),
                 "must be sqlite:///PATH or postgresql://user:password@host:port/db",
             )
-        for name in ("port", "emulator_port"):
+        for name in ("port", "admin_port", "emulator_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(env_name(name), "must be a port number 0-65535")
         for names, allowed, problem in _BOUNDS:
             for name in names:
                 if not allowed(getattr(self, name)):
                     raise SettingsError(env_name(name), problem)
+        if self.admin_port and self.admin_port == self.port:
+            raise SettingsError(env_name("admin_port"), "must differ from CIRELAY_PORT")
         if self.pulsar_url and not self.pulsar_url.startswith(("pulsar://", "pulsar+ssl://")):
             raise SettingsError(
                 env_name("pulsar_url"), "must start with pulsar:// or pulsar+ssl://"
@@ -232,15 +269,23 @@ class Settings:
 
     def check_serve(self) -> None:
         """What `cirelay serve` needs to talk to the real CI (not checked in sandbox mode)."""
-        for name in ("api_token", "ci_secret_id", "ci_secret_key"):
+        for name in ("api_token", "callback_secret", "ci_secret_id", "ci_secret_key"):
             if not getattr(self, name):
                 raise SettingsError(
                     env_name(name), "is required (or run `cirelay serve --sandbox`)"
                 )
 
-    @functools.cached_property  # read on every callback: derive the key once
+    @functools.cached_property  # read on every callback: derive the keys once
+    def callback_keys(self) -> tuple[bytes, ...]:
+        """Keys that verify callback tokens; the first signs new ones."""
+        configured = (part.strip() for part in self.callback_secret.split(","))
+        # Unset only outside `cirelay serve` (which requires it): a key of this process alone.
+        return tuple(derive_key(part) for part in configured if part) or (_PROCESS_CALLBACK_KEY,)
+
+    @property
     def callback_key(self) -> bytes:
-        return derive_key(self.callback_secret or f"api:{self.api_token}")
+        """The key that signs new callback tokens."""
+        return self.callback_keys[0]
 
     @property
     def sqlite_path(self) -> str:
@@ -261,6 +306,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_workers",
             "pulsar_consumer_concurrency",
             "pulsar_receiver_queue_size",
+            "max_connections",
         ),
         lambda value: value >= 1,
         "must be at least 1",
@@ -275,6 +321,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "rejected_max_count",
             "rejected_max_bytes",
             "pulsar_redelivery_delay_seconds",
+            "idle_timeout_seconds",
+            "body_timeout_seconds",
         ),
         lambda value: value > 0,
         "must be greater than 0",
@@ -291,6 +339,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "emulator_latency_ms",
             "emulator_objects_per_prefix",
             "pulsar_max_redeliveries",
+            "log_repeat_window_seconds",
         ),
         lambda value: value >= 0,
         "must be 0 or more",

@@ -23,6 +23,8 @@ def callback_token(key: bytes, job_id: str) -> str:
 
 def job_id_from_token(key: bytes, token: str) -> str | None:
     """The job id the token was issued for, or None when it is not one of ours."""
+    if not token.isascii():  # ours are ASCII; compare_digest refuses other text
+        return None
     job_id, sep, mac = token.rpartition(_SEPARATOR)
     if not sep or not job_id or not hmac.compare_digest(mac, _mac(key, job_id)):
         return None

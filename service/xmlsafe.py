@@ -17,6 +17,8 @@ import xmltodict
 
 # A \uD800-\uDFFF escape: json.loads turns an unpaired one into a str that cannot be encoded.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+# A NUL character can only reach a JSON string as this escape (a raw one is malformed JSON).
+_NUL_ESCAPE = "\\u0000"
 
 
 class DocumentError(ValueError):
@@ -115,15 +117,23 @@ def _refuse_doctype(*_: object) -> NoReturn:
     raise DocumentError("doctype", "DOCTYPE and entity declarations are not accepted")
 
 
-def parse_json(body: bytes, *, force_list: Collection[str] = (), max_depth: int = 64) -> Any:
+def parse_json(
+    body: bytes,
+    *,
+    force_list: Collection[str] = (),
+    max_depth: int = 64,
+    refuse_nul: bool = False,
+) -> Any:
     """Parse a JSON body, refusing empty, malformed, non-JSON constants, unpaired surrogate
-    escapes and too-deeply nested documents. Object members named in ``force_list`` are made
-    lists (a one-element list unless already a list), as ``parse_xml`` does."""
+    escapes, too-deeply nested documents and, with ``refuse_nul``, NUL characters in strings.
+    Object members named in ``force_list`` are made lists (a one-element list unless already a
+    list), as ``parse_xml`` does."""
     if not body or body.isspace():
         raise DocumentError("empty", "empty body")
     try:
         # What json.loads(body, parse_constant=…) does, without building a decoder per call.
-        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        value = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise DocumentError("malformed_json", "JSON body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -136,6 +146,8 @@ def parse_json(body: bytes, *, force_list: Collection[str] = (), max_depth: int 
         except UnicodeEncodeError:
             raise DocumentError("malformed_json", "JSON has an unpaired surrogate escape") from None
     _check_json_tree(value, max_depth, frozenset(force_list))
+    if refuse_nul and _NUL_ESCAPE in text and _has_nul(value):
+        raise DocumentError("malformed_json", "JSON has a NUL character (\\u0000) in a string")
     return value
 
 
@@ -170,6 +182,22 @@ def _check_json_tree(value: Any, max_depth: int, listed: frozenset[str]) -> None
             for child in node:
                 if type(child) is dict or type(child) is list:
                     push((child, depth))
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in any string (key or value) of a parsed JSON tree."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if type(node) is str:
+            if "\x00" in node:
+                return True
+        elif type(node) is dict:
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif type(node) is list:
+            pending.extend(node)
+    return False
 
 
 def unparse_xml(tree: dict[str, Any]) -> bytes:

@@ -13,6 +13,7 @@ import hmac
 import orjson
 from aiohttp import web
 
+from service.api.deadline import body_deadline
 from service.api.errors import ApiError
 from service.appkeys import EVENT_PIPELINE, SETTINGS
 from service.ingest.parse import EventRejected
@@ -32,14 +33,15 @@ _job_for_token = functools.lru_cache(maxsize=4096)(job_id_from_token)
 async def receive_callback(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     token = request.match_info["token"]
-    job_id = _job_for_token(settings.callback_key, token)
+    job_id = _job_for(settings.callback_keys, token)
     if job_id is None and not _is_static_token(token, settings.callback_token):
         raise ApiError(404, "not_found", "no such callback URL")
     pipeline = request.app[EVENT_PIPELINE]
     content_type = request.headers.get("Content-Type", "")
-    body, received = await _read_bounded(
-        request, settings.max_body_bytes, settings.rejected_body_max_bytes
-    )
+    async with body_deadline(request):
+        body, received = await _read_bounded(
+            request, settings.max_body_bytes, settings.rejected_body_max_bytes
+        )
     try:
         if received is not None:
             message = f"body exceeds {settings.max_body_bytes} bytes"
@@ -61,6 +63,15 @@ async def receive_callback(request: web.Request) -> web.Response:
         raise ApiError(503, "unavailable", "events cannot be stored right now") from None
     ack = {"event_ids": result.event_ids, "new": result.new_events, "duplicates": result.duplicates}
     return web.Response(body=orjson.dumps(ack), content_type="application/json")
+
+
+def _job_for(keys: tuple[bytes, ...], token: str) -> str | None:
+    # The signing key first: during a rotation, only tokens of older jobs need the others.
+    for key in keys:
+        job_id = _job_for_token(key, token)
+        if job_id is not None:
+            return job_id
+    return None
 
 
 def _is_static_token(token: str, static: str) -> bool:

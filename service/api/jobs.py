@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from aiohttp import web
 
+from service.api.deadline import body_deadline
 from service.api.errors import ApiError
 from service.api.params import decode_cursor, encode_cursor, parse_limit
 from service.appkeys import CI_CLIENT, EVENT_STORE, METRICS, QUEUE, RATE_LIMITER, SETTINGS
@@ -24,6 +26,8 @@ from service.queue import JOB_STATES, IdempotencyConflict, JobRecord
 from service.request import RequestInvalid, parse_request
 from service.timefmt import epoch_text
 from service.xmlsafe import DocumentError
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -47,7 +51,8 @@ async def create_job(request: web.Request) -> web.Response:
     content_type = request.headers.get("Content-Type", "")
     if not supported_media_type(content_type):
         raise ApiError(415, "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE)
-    body = await request.read()  # over max_body_bytes: 413 from aiohttp, rendered by middleware
+    async with body_deadline(request):
+        body = await request.read()  # over max_body_bytes: 413 from aiohttp, via the middleware
     try:
         batch = parse_request(body, content_type, max_depth=settings.max_xml_depth)
     except DocumentError as exc:
@@ -55,6 +60,10 @@ async def create_job(request: web.Request) -> web.Response:
     except RequestInvalid as exc:
         message, details = rule_errors(exc)
         raise ApiError(422, "invalid_request", message, details) from None
+    except Exception as exc:  # parsing is pure: anything else it raises is the body's fault
+        log.warning("request_unreadable", exc_info=True)
+        message = f"the body could not be read: {type(exc).__name__}"
+        raise ApiError(400, "invalid_document", message, [{"reason": "unreadable"}]) from None
     try:
         job, created = await enqueue(
             request.app[QUEUE],

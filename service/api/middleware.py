@@ -1,4 +1,11 @@
-"""Request id, bearer auth on /v1, JSON errors for everything, per-route metrics."""
+"""Request id, bearer auth on /v1, JSON errors for everything, per-route metrics.
+
+Input never earns a 5xx: headers that are not UTF-8 are refused before any handler reads them, and
+an exception of the kinds that only input raises (``ValueError``, ``UnicodeError``,
+``OverflowError``, ``RecursionError``) that escaped a handler becomes 400 ``invalid_input``, logged
+with its traceback so the handler can be taught a precise answer. The database being unavailable is
+503; only a fault of our own is a 500.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,12 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter, Histogram
 
 from service.api.errors import ApiError, error_response
 from service.appkeys import METRICS, SETTINGS
+from service.redact import redact_path
 from service.storage import StorageUnavailable
 
 log = structlog.get_logger(__name__)
@@ -22,6 +31,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes that authenticate by their own token in the path instead of the bearer token.
 _PUBLIC_PREFIXES = ("/v1/callbacks/",)
+
+# Exceptions only malformed input raises in our code (int/str conversions, codecs, deep nesting).
+_INPUT_ERRORS = (ValueError, UnicodeError, OverflowError, RecursionError)
+# What reading the body raises once the client hung up (reset, or a body cut short).
+_HANG_UPS = (ConnectionError, HttpProcessingError)
+# nginx's "client closed request": counted apart from the server's own errors.
+CLIENT_CLOSED_REQUEST = 499
+
+_MAX_REQUEST_ID = 128
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -35,8 +53,7 @@ _HTTP_CODES = {
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # 128 random bits in hex, as uuid4().hex gave, for a quarter of its cost.
-    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
+    request_id = _request_id(request.headers.get("X-Request-Id"))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics = request.app[METRICS]
@@ -55,6 +72,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         )
 
 
+def _request_id(given: str | None) -> str:
+    # A caller's id is echoed in a header and logged: only short printable ASCII is taken as is.
+    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    # 128 random bits in hex, as uuid4().hex gave, for a quarter of its cost.
+    return os.urandom(16).hex()
+
+
 # A label lookup costs more than the increment it serves, and the label sets are few: keep the
 # children. Bounded, so odd methods from clients only evict each other.
 @functools.lru_cache(maxsize=1024)
@@ -69,6 +94,7 @@ def _duration_child(metric: Histogram, method: str, route: str) -> Histogram:
 
 async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_headers(request)
         _authenticate(request)
         return await handler(request)
     except ApiError as exc:
@@ -76,7 +102,7 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except StorageUnavailable as exc:
         # The database is down or restarting: not the caller's fault, and nothing was
         # acknowledged, so the caller tries again (a 500 would say the request was wrong).
-        log.warning("storage_unavailable", path=request.path, error=str(exc))
+        log.warning("storage_unavailable", path=redact_path(request.path), error=str(exc))
         return error_response(503, "unavailable", "storage is unavailable right now; try again")
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -86,9 +112,37 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods the resource supports
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except _HANG_UPS as exc:
+        if not _client_gone(request):
+            raise
+        # The client's doing, not ours: no traceback, and a status of its own in the metrics.
+        log.info("client_disconnected", path=redact_path(request.path), error=type(exc).__name__)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
+    except _INPUT_ERRORS as exc:
+        log.warning("input_error", path=redact_path(request.path), exc_info=True)
+        return error_response(400, "invalid_input", f"input refused: {type(exc).__name__}")
     except Exception:
-        log.exception("unhandled_error", path=request.path)
+        log.exception("unhandled_error", path=redact_path(request.path))
         return error_response(500, "internal_error", "internal error")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _check_headers(request: web.Request) -> None:
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which no encoder, database or
+    # comparison downstream accepts. ASCII, the common case, costs one C-level scan per value.
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                message = f"header {name} is not valid UTF-8"
+                raise ApiError(
+                    400, "invalid_header", message, [{"path": f"header.{name}", "message": message}]
+                ) from None
 
 
 def _authenticate(request: web.Request) -> None:

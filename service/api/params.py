@@ -11,10 +11,8 @@ from service.api.errors import ApiError
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
+    # ASCII digits only: int() would also take "1_0", " 7" and other scripts' digits.
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
     if not 1 <= limit <= maximum:
         raise invalid_parameter("limit", f"limit must be an integer from 1 to {maximum}")
     return limit

@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 SANDBOX_BUCKET = "sandbox-1250000000"
 SANDBOX_REGION = "ap-guangzhou"
 SANDBOX_API_TOKEN = "sandbox"
+# Where `serve --sandbox` listens unless `--host` says otherwise: its bearer token is well known.
+SANDBOX_HOST = "127.0.0.1"
 # The emulator ends a batch within seconds: poll it at that pace rather than real CI's default,
 # so a sandbox job shows succeeded soon after its last callback.
 SANDBOX_RECONCILE_SECONDS = 2.0
@@ -49,6 +51,7 @@ def sandbox_settings(settings: Settings, emulator_port: int) -> Settings:
         ci_bucket=settings.ci_bucket or SANDBOX_BUCKET,
         ci_region=settings.ci_region or SANDBOX_REGION,
         api_token=settings.api_token or SANDBOX_API_TOKEN,
+        callback_secret=settings.callback_secret or secrets.token_urlsafe(32),
         public_url=settings.public_url or f"http://127.0.0.1:{settings.port}",
         reconcile_seconds=SANDBOX_RECONCILE_SECONDS
         if settings.reconcile_seconds == _default("reconcile_seconds")

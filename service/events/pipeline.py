@@ -36,8 +36,14 @@ log = structlog.get_logger(__name__)
 EVENT_TYPES = ("TaskFinish", "WorkflowFinish", "BatchFinish")
 # CI sends one JobsDetail per TaskFinish; a delivery may carry a few, never an unbounded number.
 MAX_EVENTS_PER_DELIVERY = 100
+# Rejection reason of a body whose parsing raised something other than ``EventRejected``.
+UNREADABLE = "unreadable"
 # Links of recently seen jobs, so a batch's many callbacks cost one job read, not one each.
 _LINK_CACHE_SIZE = 4096
+# Media jobs whose batch CI named (the reconciler's listings): enough for the batches in flight.
+_BATCH_CACHE_SIZE = 65_536
+# Rejection reason of a callback whose media job CI lists under another batch than its token's.
+WRONG_BATCH = "wrong_batch"
 
 
 class IngestResult(NamedTuple):  # a tuple: cheap to build once per callback
@@ -69,6 +75,8 @@ class EventPipeline:
         self._clock = clock
         # Insertion-ordered: when full, the oldest link is dropped (it is only ever re-read).
         self._links: dict[str, _JobLink] = {}
+        # Media job id -> batch id, as CI lists them: what a job token's claim is checked against.
+        self._batches: dict[str, str] = {}
         # A label lookup costs more than the increment; the label sets are few and fixed, and
         # made at once so that every series exists (at 0) before its first event.
         self._received: dict[tuple[str, str, str], Counter] = {
@@ -102,12 +110,51 @@ class EventPipeline:
                 body, content_type, source=source, reason=exc.reason, message=exc.message
             )
             raise
+        except Exception as exc:
+            # Parsing is pure: whatever else it raises, the body is at fault, not the service.
+            # Refused like any bad body (kept, counted, 4xx or dead letter), never retried.
+            log.warning("event_parse_failed", source=source, exc_info=True)
+            message = f"the body could not be read: {type(exc).__name__}"
+            await self.reject(body, content_type, source=source, reason=UNREADABLE, message=message)
+            raise EventRejected(UNREADABLE, message) from exc
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
             batch_id = link.batch_id if link is not None else None
+            if batch_id is not None:
+                await self._check_batch(events, batch_id, body, content_type, source)
             events = [linked(e, cirelay_job_id=cirelay_job_id, batch_id=batch_id) for e in events]
         return await self.store(events, link=link)
+
+    def learn_batch(self, batch_id: str, media_job_ids: Sequence[str]) -> None:
+        """Remember which batch CI lists these media jobs under (from each listing recorded)."""
+        for job_id in media_job_ids:
+            self._batches.pop(job_id, None)
+            self._batches[job_id] = batch_id
+        while len(self._batches) > _BATCH_CACHE_SIZE:
+            del self._batches[next(iter(self._batches))]
+
+    async def _check_batch(
+        self,
+        events: Sequence[CanonicalEvent],
+        batch_id: str,
+        body: bytes,
+        content_type: str,
+        source: str,
+    ) -> None:
+        """Refuse a callback under one job's token about a media job of another batch: stored,
+        it would be that job's event, and the real callback would then count as its duplicate."""
+        for event in events:
+            known = self._batches.get(event.get("job_id") or "")
+            if known is not None and known != batch_id:
+                message = (
+                    f"media job {event['job_id']} belongs to batch {known}, not to this"
+                    f" callback URL's batch {batch_id}"
+                )
+                await self.reject(
+                    body, content_type, source=source, reason=WRONG_BATCH, message=message
+                )
+                raise EventRejected(WRONG_BATCH, message)
 
     async def store(
         self, events: Sequence[CanonicalEvent], *, link: _JobLink | None = None
@@ -156,6 +203,8 @@ class EventPipeline:
         """Keep a refused delivery's body (bounded) with its reason, and count it. ``size``:
         the bytes that arrived, when ``body`` is only the first of them."""
         received = datetime.fromtimestamp(self._clock(), UTC)
+        if not content_type.isascii():  # kept as text: bytes that were not UTF-8 become U+FFFD
+            content_type = content_type.encode(errors="replace").decode()
         await self._store.reject(
             received_at=utc_text(received),
             source=source,
@@ -202,6 +251,7 @@ class EventPipeline:
     async def record_listing(self, progress: BatchProgress, media_job_ids: list[str]) -> set[str]:
         """Remember a listed page's media jobs as the job's, with the progress it brings; those
         of them still missing their TaskFinish."""
+        self.learn_batch(progress.batch_id, media_job_ids)
         return await self._store.record_listing(progress, media_job_ids)
 
     async def unaccounted(self, job: JobRecord, batch_id: str) -> Accounting:

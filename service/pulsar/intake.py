@@ -127,6 +127,20 @@ class JobIntake:
         ref = f"{message.topic_name()}|{message.message_id()}"
         try:
             job = read_job(message.data(), message.properties(), ref, self._settings)
+        except InvalidJob as exc:
+            await self._dead_letter(consumer, message, exc)
+            return
+        except Exception as exc:
+            # Reading a message is pure: anything else it raises is the message's fault too, and
+            # a redelivery would raise it again, forever.
+            log.warning("pulsar_job_unreadable", exc_info=True)
+            text = f"the message could not be read: {type(exc).__name__}"
+            invalid = InvalidJob(
+                "invalid_document", text, [{"reason": "unreadable", "message": text}]
+            )
+            await self._dead_letter(consumer, message, invalid)
+            return
+        try:
             record, created = await enqueue(
                 self._queue,
                 job.request,
@@ -135,9 +149,6 @@ class JobIntake:
                 idempotency_key=job.idempotency_key,
                 metrics=self._metrics,
             )
-        except InvalidJob as exc:
-            await self._dead_letter(consumer, message, exc)
-            return
         except IdempotencyConflict as exc:
             invalid = InvalidJob(
                 "idempotency_conflict",

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from service.storage.errors import StoreClosed
+from service.storage.errors import StorageUnavailable, StoreClosed
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,8 @@ class GroupCommit(Generic[T, R]):
     result that is an exception (say, an idempotency conflict) is raised in that item's caller.
 
     If a batch fails, each of its items is retried in a transaction of its own, so one bad item
-    fails only its own caller. ``weight(item)`` counts an item's rows against ``max_rows``.
+    fails only its own caller; if it fails because storage is unavailable, every caller gets that
+    at once. ``weight(item)`` counts an item's rows against ``max_rows``.
     """
 
     def __init__(
@@ -106,6 +107,15 @@ class GroupCommit(Generic[T, R]):
             for pending in batch:
                 _settle(pending, StoreClosed(f"{self._name} writer stopped"))
             raise
+        except StorageUnavailable as exc:
+            # The database takes no write now: retrying the items one by one would make each
+            # caller wait for an attempt of its own (a connect or lock timeout each) to fail too.
+            log.warning(
+                "group_commit_unavailable", writer=self._name, rows=len(batch), error=str(exc)
+            )
+            for pending in batch:
+                _settle(pending, exc)
+            return
         except Exception as exc:
             if len(batch) > 1:
                 for pending in batch:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.appkeys import EVENT_STORE, METRICS, QUEUE, SETTINGS
+from service.appkeys import EVENT_PIPELINE, EVENT_STORE, METRICS, QUEUE, SETTINGS
 from service.ingest.parse import parse_callback
 from service.settings import Settings
 from service.storage import open_storage
@@ -319,6 +319,20 @@ async def test_hostile_bodies_are_refused_kept_and_counted(
     assert (await cb_client.get("/healthz")).status == 200
 
 
+async def test_a_nul_in_a_json_callback_is_refused_on_every_backend(cb_client: Client) -> None:
+    # PostgreSQL's text columns cannot hold one: refused as a document, never a 5xx from storage.
+    body = task_finish_json("j\u0000x")
+    assert b"\\u0000" in body
+    resp = await cb_client.post(
+        f"/v1/callbacks/{STATIC_TOKEN}", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "malformed_json"
+    [kept] = await cb_client.app[EVENT_STORE].rejected()
+    assert kept.reason == "malformed_json"
+    assert await cb_client.app[EVENT_STORE].feed() == []
+
+
 async def test_refused_bodies_are_kept_only_up_to_the_limit(
     tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
 ) -> None:
@@ -408,3 +422,52 @@ async def test_received_at_is_when_it_arrived(cb_client: Client) -> None:
     [(_, event)] = await cb_client.app[EVENT_STORE].feed(job_id="j-time")
     received = datetime.fromisoformat(event["received_at"])
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= received <= after
+
+
+async def test_tokens_of_an_old_secret_verify_while_it_is_listed(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    old = events_settings(tmp_path, CIRELAY_CALLBACK_SECRET="old-secret")
+    rotating = old.replace(callback_secret="new-secret,old-secret")
+    retired = old.replace(callback_secret="new-secret")
+    old_token = callback_token(old.callback_key, "job-signed-before-rotation")
+    body = task_finish_json("jrotation")
+    client = await aiohttp_client(create_app(rotating))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 200
+    client = await aiohttp_client(create_app(retired))
+    resp = await client.post(f"/v1/callbacks/{old_token}", data=body)
+    assert resp.status == 404
+
+
+async def test_a_media_job_of_another_batch_is_refused_under_a_jobs_token(
+    cb_client: Client,
+) -> None:
+    token_a, job_a, batch_a = await token_for_new_job(cb_client)
+    token_v, job_v, batch_v = await token_for_new_job(cb_client)
+    # What the reconciler learns from CI's listing of the victim's batch.
+    cb_client.app[EVENT_PIPELINE].learn_batch(batch_v, ["jvictim"])
+    body = task_finish_json("jvictim")
+    resp = await cb_client.post(f"/v1/callbacks/{token_a}", data=body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "wrong_batch"
+    assert batch_v in error["message"]
+    rejected = sample(
+        cb_client.app[METRICS].registry,
+        "cirelay_events_rejected_total",
+        source="http",
+        reason="wrong_batch",
+    )
+    assert rejected == 1
+    assert await cb_client.app[EVENT_STORE].for_job(job_a) == []
+    # The real callback, under the victim's own token, is stored as new and as the victim's.
+    resp = await cb_client.post(f"/v1/callbacks/{token_v}", data=body)
+    assert resp.status == 200
+    assert (await resp.json())["new"] == 1
+    [event] = await cb_client.app[EVENT_STORE].for_job(job_v)
+    assert (event["job_id"], event["batch_id"]) == ("jvictim", batch_v)
+    # A media job of the token's own batch is taken as before.
+    cb_client.app[EVENT_PIPELINE].learn_batch(batch_a, ["jown"])
+    resp = await cb_client.post(f"/v1/callbacks/{token_a}", data=task_finish_json("jown"))
+    assert resp.status == 200

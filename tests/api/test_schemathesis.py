@@ -27,9 +27,12 @@ from tests.ports import free_port
 pytestmark = pytest.mark.slow
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
+PATHS_CONFIG = Path(__file__).with_name("schemathesis-paths.toml")
 SPEC = json.loads((Path(__file__).resolve().parents[2] / "service" / "openapi.json").read_text())
 # schemathesis leaves out GET /openapi.json, the document it was loaded from.
 TESTED_OPERATIONS = sum(len(item) for item in SPEC["paths"].values()) - 1
+# Operations with a path parameter (job id, callback token).
+PATH_OPERATIONS = sum(len(item) for path, item in SPEC["paths"].items() if "{" in path)
 SEED = 20240501
 # Per operation and phase: about 1,000 requests in all, well under a minute on 2 cores.
 MAX_EXAMPLES = 50
@@ -132,16 +135,14 @@ def sandbox(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         _stop(proc)
 
 
-def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(
-    sandbox: tuple[str, Path], tmp_path: Path
-) -> None:
-    url, log = sandbox
+def _schemathesis(url: str, log: Path, config: Path, cwd: Path, *options: str) -> str:
+    """Run schemathesis against ``url``'s spec; its output. Fails the test if it found a fault."""
     argv = [
         sys.executable,
         "-m",
         "schemathesis.cli",
         "--config-file",
-        str(CONFIG),
+        str(config),
         "run",
         f"{url}/openapi.json",
         "--header",
@@ -151,10 +152,11 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(
         "--max-examples",
         str(MAX_EXAMPLES),
         "--no-color",
+        *options,
     ]
     result = subprocess.run(
         argv,
-        cwd=tmp_path,
+        cwd=cwd,
         env=_environment(CIRELAY_CALLBACK_TOKEN=CALLBACK_TOKEN),
         capture_output=True,
         text=True,
@@ -163,9 +165,27 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output}\n--- cirelay serve log (tail) ---\n{_tail(log)}"
+    return output
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(
+    sandbox: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, log = sandbox
+    output = _schemathesis(url, log, CONFIG, tmp_path)
     # Not a silently hollow run: every documented operation was tested ...
     assert f"Tested: {TESTED_OPERATIONS}" in output, output
     # ... jobs were created for the stateful phase to follow, and generated callback bodies got
     # past the token to the parser: some stored, most refused.
     counted = _counted(url)
     assert all(total > 0 for total in counted.values()), counted
+
+
+# The job ids and the callback token as schemathesis makes them; tests/api/test_input_faults.py
+# adds hypothesis's wider text (non-ASCII tokens) and raw bytes.
+def test_arbitrary_path_parameters_are_never_a_server_error(
+    sandbox: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, log = sandbox
+    output = _schemathesis(url, log, PATHS_CONFIG, tmp_path, "--include-path-regex", r"\{")
+    assert f"Tested: {PATH_OPERATIONS}" in output, output

@@ -209,11 +209,11 @@ def test_the_kustomization_deploys_this_version() -> None:
     assert image["newTag"] == __version__
 
 
-def test_liveness_and_readiness_probe_healthz_and_readyz() -> None:
+def test_liveness_and_readiness_probe_healthz_and_readyz_on_the_admin_port() -> None:
     c = container()
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
 
 
 def test_the_pod_runs_as_non_root_on_a_read_only_root_filesystem() -> None:
@@ -286,6 +286,7 @@ def test_the_secret_holds_the_secret_settings_unfilled() -> None:
     assert {key: SECRET_SETTINGS.get(key) for key in data} == dict.fromkeys(data, True)
     assert {
         "CIRELAY_API_TOKEN",
+        "CIRELAY_CALLBACK_SECRET",
         "CIRELAY_CI_SECRET_ID",
         "CIRELAY_CI_SECRET_KEY",
         "CIRELAY_CALLBACK_TOKEN",
@@ -298,7 +299,8 @@ def test_the_manifest_settings_load_and_serve_once_the_secret_is_filled() -> Non
     filled = {key: f"value-of-{key.lower()}" for key in resources()["Secret"]["stringData"]}
     settings = Settings.load({**config_map(), **filled})
     settings.check_serve()
-    assert settings.port == container()["ports"][0]["containerPort"]
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert (settings.port, settings.admin_port) == (ports["http"], ports["admin"])
 
 
 def test_the_compose_settings_load(tools: dict[str, Path]) -> None:
@@ -312,13 +314,15 @@ def test_the_service_and_service_monitor_reach_the_container() -> None:
     service, monitor = everything["Service"], everything["ServiceMonitor"]
     pod_labels = everything["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    [port] = service["spec"]["ports"]
-    assert port["targetPort"] in {p["name"] for p in container()["ports"]}
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert sorted(ports) == ["admin", "http"]
+    targets = {port["targetPort"] for port in ports.values()}
+    assert targets == {p["name"] for p in container()["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"
+    ].items()
     [endpoint] = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == port["name"]
+    assert endpoint["port"] == "admin"  # metrics on the management listener, not the public port
     assert endpoint["path"] == "/metrics"
     # The alerts select job="cirelay": the ServiceMonitor's job label is the Service's name.
     assert service["metadata"]["name"] == "cirelay"

@@ -23,6 +23,7 @@ from tests.queue.samples import BUCKET, REGION
 
 API_TOKEN = "e2e-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+CALLBACK_SECRET = "e2e-callback-secret"
 START_DEADLINE = 30.0
 
 
@@ -113,6 +114,7 @@ def service(tmp: Path, emulator_url: str, **settings: str) -> Process:
             {
                 "CIRELAY_DATABASE_URL": f"sqlite:///{tmp / 'cirelay.db'}",
                 "CIRELAY_API_TOKEN": API_TOKEN,
+                "CIRELAY_CALLBACK_SECRET": CALLBACK_SECRET,
                 "CIRELAY_CI_ENDPOINT": emulator_url,
                 "CIRELAY_CI_SECRET_ID": SECRET_ID,
                 "CIRELAY_CI_SECRET_KEY": SECRET_KEY,

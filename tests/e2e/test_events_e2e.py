@@ -112,6 +112,7 @@ def stack_env(tmp_path: Path) -> Iterator[Stack]:
             "CIRELAY_PUBLIC_URL": f"http://127.0.0.1:{service_port}",
             "CIRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cirelay.db'}",
             "CIRELAY_API_TOKEN": API_TOKEN,
+            "CIRELAY_CALLBACK_SECRET": "e2e-callback-secret",
             "CIRELAY_CI_ENDPOINT": f"http://127.0.0.1:{emulator_port}",
             "CIRELAY_CI_SECRET_ID": SECRET_ID,
             "CIRELAY_CI_SECRET_KEY": SECRET_KEY,

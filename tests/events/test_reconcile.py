@@ -490,3 +490,27 @@ async def test_a_pass_reads_at_most_its_share_of_pages_and_the_next_carries_on(
     assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, pages)
     await rig.reconcile(past_grace=False)  # only the last page again
     assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, pages + 1)
+
+
+async def test_a_callback_under_another_jobs_token_is_refused_once_ci_listed_the_media_job(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(emulator_drop_rate=1.0)
+    victim, other = await rig.submit(), await rig.submit()
+    await rig.settle()
+    await rig.reconcile(past_grace=False)  # lists both batches' media jobs at CI
+    assert victim.ci_job_id is not None
+    page = await rig.app[CI_CLIENT].list_media_jobs(
+        BUCKET, REGION, tag="Transcode", inventory_trigger_job_id=victim.ci_job_id
+    )
+    forged = {"Response": {"EventName": "TaskFinish", "JobsDetail": [page.jobs[0]]}}
+    token = callback_token(rig.app[SETTINGS].callback_key, other.id)
+    resp = await rig.client.post(
+        f"/v1/callbacks/{token}",
+        data=json.dumps(forged),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "wrong_batch"
+    assert await rig.events(other.id) == []
+    assert rig.metric("cirelay_events_rejected_total", source="http", reason="wrong_batch") == 1

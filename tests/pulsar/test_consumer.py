@@ -362,3 +362,27 @@ async def _no_consumers(admin: Admin, name: str) -> bool:
 async def _out_counter(admin: Admin, name: str, *, at_least: int) -> bool:
     stats = await admin.subscription(name, SUBSCRIPTION)
     return bool(stats) and stats["msgOutCounter"] >= at_least
+
+
+async def test_a_message_whose_parsing_raises_is_dead_lettered_not_retried(
+    tmp_path: Path, pulsar_broker: Broker, pulsar_client: Any
+) -> None:
+    events = topic("ci-raises")
+    settings = pulsar_settings(
+        tmp_path, pulsar_broker, CIRELAY_PULSAR_EVENTS_TOPIC=events,
+        CIRELAY_PULSAR_MAX_REDELIVERIES="0",
+    )
+    # An integer past Python's int-conversion limit: the parser raises, the message is at fault.
+    huge = b'"Huge": ' + b"9" * 5000 + b', "JobId"'
+    body = task_finish_json("jhuge").replace(b'"JobId"', huge, 1)
+    await publish(pulsar_client, events, [body], {"content-type": "application/json"})
+    async with running_app(settings) as client:
+        (dead,) = await read_topic(pulsar_client, events + "-DLQ", 1)
+        assert dead.data() == body
+        assert dead.properties()["cirelay-deliveries"] == "1"
+        registry = client.app[METRICS].registry
+        counts = await settled_outcomes(registry, "events", {"dead_lettered": 1})
+        assert counts == {"acked": 0, "retried": 0, "refused": 0, "dead_lettered": 1}
+    with sqlite3.connect(db_path_of(settings)) as conn:
+        (kept,) = conn.execute("SELECT COUNT(*) FROM rejected_callbacks").fetchone()
+    assert kept == 1

@@ -245,3 +245,23 @@ async def _settled(admin: Admin, name: str, delivered: int = 1) -> bool:
         and stats["msgBacklog"] == 0
         and stats.get("unackedMessages", 0) == 0
     )
+
+
+async def test_a_job_whose_parsing_raises_is_dead_lettered_not_retried(
+    tmp_path: Path, pulsar_broker: Broker, pulsar_client: Any
+) -> None:
+    intake = topic("jobs-raises")
+    settings = pulsar_settings(
+        tmp_path, pulsar_broker,
+        **intake_env(intake, CIRELAY_CI_BUCKET=BUCKET, CIRELAY_CI_REGION=REGION),
+    )
+    # An integer past Python's int-conversion limit: the parser raises, the message is at fault.
+    body = b'{"Request": {"Name": ' + b"9" * 5000 + b"}}"
+    await publish(pulsar_client, intake, [body], {"content-type": "application/json"})
+    async with running_app(settings) as client:
+        (dead,) = await read_topic(pulsar_client, intake + "-DLQ", 1)
+        assert dead.data() == body
+        counts = await settled_outcomes(
+            client.app[METRICS].registry, "intake", {"dead_lettered": 1}
+        )
+        assert counts == {"acked": 0, "retried": 0, "refused": 0, "dead_lettered": 1}

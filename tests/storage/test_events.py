@@ -224,6 +224,22 @@ async def test_rejected_bodies_are_kept_bounded(storage: Storage) -> None:
     ]
 
 
+async def test_rejected_metadata_with_a_nul_is_kept(storage: Storage, backend: str) -> None:
+    # A Pulsar property may carry any character; PostgreSQL text cannot hold a NUL.
+    await storage.events.reject(
+        received_at="2024-01-01T00:00:00Z",
+        source="pulsar",
+        reason="malformed_json",
+        message="bad\x00",
+        content_type="application/json\x00x",
+        body=b"{\x00",
+    )
+    [kept] = await storage.events.rejected()
+    mark = {"sqlite": "\x00", "postgres": "\ufffd"}[backend]
+    assert (kept.message, kept.content_type) == (f"bad{mark}", f"application/json{mark}x")
+    assert kept.body == b"{\x00"
+
+
 async def test_rejected_and_events_in_one_batch(storage: Storage) -> None:
     async def reject(i: int) -> None:
         await storage.events.reject(
@@ -240,6 +256,13 @@ async def test_rejected_and_events_in_one_batch(storage: Storage) -> None:
     )
     assert results == [[True]] * 3 + [None, None]
     assert [r.body for r in await storage.events.rejected()] == [b"\x00\xff"] * 2
+
+
+async def test_replicas_starting_at_once_migrate_once(open_backend: OpenBackend) -> None:
+    first, *others = await asyncio.gather(*(open_backend() for _ in range(3)))
+    assert await first.events.store([event("a")]) == [True]
+    for other in others:
+        assert await other.events.store([event("a")]) == [False]
 
 
 async def test_migration_is_idempotent(storage: Storage, open_backend: OpenBackend) -> None:

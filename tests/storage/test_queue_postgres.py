@@ -77,6 +77,47 @@ async def test_a_claim_skips_the_job_another_replica_is_claiming(
     assert again.id == best.id
 
 
+async def _listening(sql: asyncpg.Connection, replicas: int) -> None:
+    """Until every replica's queue has its LISTEN connection up (the statement done)."""
+
+    async def listening() -> bool:
+        count = await sql.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'idle'"
+            """ AND query = 'LISTEN "cirelay_queue"'"""
+        )
+        return bool(count == replicas)
+
+    await until(listening, f"{replicas} queues listening")
+
+
+async def _wakes_the_other_replica(replicas: list[Storage], sql: asyncpg.Connection) -> None:
+    await _listening(sql, len(replicas))
+    idle = asyncio.create_task(replicas[1].queue.wait_changed(3600))
+    await asyncio.sleep(0)  # let the waiter start waiting
+    await replicas[0].queue.enqueue(make_job(), now=T0)
+    # Nothing happened in replica 1's own process: only the notification can wake it.
+    await asyncio.wait_for(idle, timeout=30)
+
+
+async def test_an_enqueue_on_one_replica_wakes_idle_workers_on_another(
+    replicas: list[Storage], sql: asyncpg.Connection
+) -> None:
+    await _wakes_the_other_replica(replicas, sql)
+
+
+async def test_a_job_given_back_by_one_replica_wakes_idle_workers_on_another(
+    replicas: list[Storage], sql: asyncpg.Connection
+) -> None:
+    job, _ = await replicas[0].queue.enqueue(make_job(), now=T0)
+    assert await replicas[0].queue.claim("leaving", lease_seconds=LEASE, now=T0) is not None
+    await _listening(sql, len(replicas))
+    idle = asyncio.create_task(replicas[1].queue.wait_changed(3600))
+    await asyncio.sleep(0)
+    assert await replicas[0].queue.release(job.id, "leaving", now=T0)
+    await asyncio.wait_for(idle, timeout=30)
+
+
 def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     nodes = [plan]
     for child in plan.get("Plans", []):
@@ -121,7 +162,7 @@ async def test_the_claim_walks_the_priority_index_however_many_jobs_are_stored(
 
 
 async def test_the_queue_answers_unavailable_while_postgres_is_down_and_recovers(
-    replicas: list[Storage], postgres_server: PostgresServer
+    replicas: list[Storage], postgres_server: PostgresServer, postgres_url: str
 ) -> None:
     queue: JobQueue = replicas[0].queue
     before, _ = await queue.enqueue(make_job(), now=T0)
@@ -146,6 +187,12 @@ async def test_the_queue_answers_unavailable_while_postgres_is_down_and_recovers
     claimed = await queue.claim("w", lease_seconds=LEASE, now=T0)
     assert claimed is not None
     assert claimed.id == before.id  # committed before the crash, still there
+    # The queues listen again: other replicas' enqueues wake idle workers as before.
+    sql = await asyncpg.connect(postgres_url)
+    try:
+        await _wakes_the_other_replica(replicas, sql)
+    finally:
+        await sql.close()
 
 
 async def test_replicas_sending_the_same_keys_in_opposite_orders_never_deadlock(

@@ -64,7 +64,7 @@ def test_json_logs_route_stdlib_and_redact(capsys: pytest.CaptureFixture[str]) -
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert lines[0]["event"] == "job_submitted"
     assert lines[0]["job_id"] == "j1"
-    assert lines[0]["authorization"] == "***"
+    assert lines[0]["authorization"] == "[redacted]"
     assert lines[0]["level"] == "info"
     assert lines[1]["event"] == "stdlib line"
     assert lines[1]["logger"] == "aiohttp.access"

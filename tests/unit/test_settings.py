@@ -80,6 +80,7 @@ def test_serve_requires_credentials() -> None:
     ready = Settings.load(
         {
             "CIRELAY_API_TOKEN": "t",
+            "CIRELAY_CALLBACK_SECRET": "s",
             "CIRELAY_CI_SECRET_ID": "id",
             "CIRELAY_CI_SECRET_KEY": "key",
         }
@@ -114,3 +115,32 @@ def test_callback_key_depends_on_secret() -> None:
     b = Settings.load({"CIRELAY_CALLBACK_SECRET": "b"}).callback_key
     assert a != b
     assert len(a) == 32
+
+
+def test_serve_requires_a_callback_secret_of_its_own() -> None:
+    base = {
+        "CIRELAY_API_TOKEN": "a",
+        "CIRELAY_CI_SECRET_ID": "id",
+        "CIRELAY_CI_SECRET_KEY": "key",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.load(base).check_serve()
+    assert info.value.variable == "CIRELAY_CALLBACK_SECRET"
+    Settings.load({**base, "CIRELAY_CALLBACK_SECRET": "s"}).check_serve()
+
+
+def test_the_callback_key_does_not_follow_the_api_token() -> None:
+    one = Settings.load({"CIRELAY_API_TOKEN": "old", "CIRELAY_CALLBACK_SECRET": "s"})
+    two = Settings.load({"CIRELAY_API_TOKEN": "rotated", "CIRELAY_CALLBACK_SECRET": "s"})
+    assert one.callback_key == two.callback_key
+    unset_one = Settings.load({"CIRELAY_API_TOKEN": "old"})
+    unset_two = Settings.load({"CIRELAY_API_TOKEN": "rotated"})
+    assert unset_one.callback_key == unset_two.callback_key
+
+
+def test_rotation_signs_with_the_first_secret_and_verifies_with_all() -> None:
+    old = Settings.load({"CIRELAY_CALLBACK_SECRET": "old"})
+    rotating = Settings.load({"CIRELAY_CALLBACK_SECRET": "new, old"})
+    new = Settings.load({"CIRELAY_CALLBACK_SECRET": "new"})
+    assert rotating.callback_key == new.callback_key
+    assert rotating.callback_keys == (new.callback_key, old.callback_key)

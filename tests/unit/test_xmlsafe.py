@@ -105,3 +105,20 @@ def test_json_refuses_what_json_cannot_carry(body: bytes) -> None:
     with pytest.raises(DocumentError) as info:
         parse_json(body)
     assert info.value.reason == "malformed_json"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": ["x\\u0000"]}', b'{"a\\u0000": 1}', '{"a": "\\u0000"}'.encode("utf-16")],
+    ids=["in_a_value", "in_a_key", "utf16"],
+)
+def test_json_refuses_a_nul_when_asked(body: bytes) -> None:
+    parse_json(body)  # a NUL is JSON
+    with pytest.raises(DocumentError) as info:
+        parse_json(body, refuse_nul=True)
+    assert info.value.reason == "malformed_json"
+
+
+def test_json_keeps_a_backslash_written_before_u0000() -> None:
+    # An escaped backslash followed by "u0000" is six ordinary characters, not a NUL.
+    assert parse_json(b'{"a": "\\\\u0000"}', refuse_nul=True) == {"a": "\\u0000"}

@@ -15,8 +15,10 @@ before A commits, never to see it. So every row carries the id of the transactio
 server when the read's snapshot was taken. Every transaction below that mark has ended, so each
 row it will ever have is visible to the read; every transaction that commits later has an ``xid``
 at or above the mark, so its rows sort after anything served. A cursor, ``(xid, seq)`` of the last
-row returned, therefore never skips a row. The price: a transaction that stays open anywhere on
-the server (any database, any client) holds the feed back at its ``xid`` until it ends.
+row returned, therefore never skips a row. The price: a transaction that has written (taken a
+transaction id) and stays open anywhere on the server (any database, any client) holds the feed
+back at its ``xid`` until it ends; open transactions that only read (a report, ``pg_dump``) take
+no id and hold nothing back.
 
 ``seq`` follows the order events were handed over within a transaction; the rows are inserted in
 ``event_id`` order, so two replicas storing overlapping batches take their unique-index locks in
@@ -219,10 +221,10 @@ class PostgresEventLog:
     ) -> None:
         row = (
             received_at,
-            source,
-            reason,
-            message,
-            content_type,
+            _text(source),
+            _text(reason),
+            _text(message),
+            _text(content_type),
             len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
@@ -483,6 +485,12 @@ def _dumps(event: Mapping[str, Any]) -> str:
         return orjson.dumps(event).decode()
     except orjson.JSONEncodeError:
         return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold a NUL, and a refused delivery's metadata may carry one (a
+    # Pulsar property): marked as U+FFFD instead. The body itself is kept byte for byte.
+    return value.replace("\x00", "\ufffd")
 
 
 def _event(row: asyncpg.Record) -> dict[str, Any]:

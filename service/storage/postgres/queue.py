@@ -5,16 +5,24 @@ take a different job and never wait for one another's claim transactions. Idempo
 unique column written with ``ON CONFLICT (idempotency_key) DO NOTHING``: when two replicas insert
 the same key at once, PostgreSQL makes the second insert wait for the first transaction, then skip
 the row, and the loser reads the winner's job.
+
+Idle workers wake on other replicas' enqueues too: every insert (a trigger) and every job given
+back sends ``NOTIFY cirelay_queue`` with its transaction, and each queue keeps one pooled connection
+``LISTEN``ing. While that connection is lost, or with a pool of one connection, workers
+still find the work by polling (``CIRELAY_POLL_INTERVAL_SECONDS``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
+import structlog
 
 from service.queue.protocol import (
     JOB_STATES,
@@ -27,8 +35,11 @@ from service.queue.protocol import (
     Via,
 )
 from service.queue.signal import Signal
+from service.storage.errors import StorageUnavailable
 from service.storage.groupcommit import GroupCommit
 from service.storage.postgres.database import Database, Migration
+
+log = structlog.get_logger(__name__)
 
 COMPONENT = "queue"
 
@@ -71,6 +82,16 @@ MIGRATIONS = (
             WHERE state = 'queued';
         CREATE INDEX jobs_queued_available ON jobs (available_at) WHERE state = 'queued';
         CREATE INDEX jobs_state_seq ON jobs (state, seq);
+        -- Wakes the queues LISTENing on every replica: one notification per INSERT statement
+        -- (a whole group-committed batch), sent when its transaction commits.
+        CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('cirelay_queue', '');
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();
         """,
     ),
     # Retention finds the jobs that ended longest ago without reading the others.
@@ -110,6 +131,11 @@ CLAIM = (
 
 # Jobs written per enqueue transaction, at most.
 _MAX_BATCH = 256
+# Sent when claimable work appears, so idle workers on every replica look at once.
+_CHANNEL = "cirelay_queue"
+_NOTIFY = f"NOTIFY {_CHANNEL}"
+# After losing the listening connection (the database restarting), wait this long to listen again.
+_RELISTEN_SECONDS = 1.0
 
 _Outcome = tuple[JobRecord, bool] | Exception  # an IdempotencyConflict, raised in its caller
 
@@ -127,14 +153,50 @@ class PostgresJobQueue:
         # Concurrent enqueues share one transaction: one commit per request would cap intake
         # at the commit rate.
         self._intake = GroupCommit(self._insert, name="queue-enqueue", max_rows=_MAX_BATCH)
+        self._listener: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, db: Database) -> PostgresJobQueue:
         await db.migrate(COMPONENT, MIGRATIONS)
-        return cls(db)
+        queue = cls(db)
+        # Holding a connection for LISTEN would leave a pool of one none for the queue itself.
+        if db.pool.get_max_size() > 1:
+            queue._listener = asyncio.create_task(queue._listen(), name="queue-listen")
+        return queue
 
     async def close(self) -> None:
         await self._intake.close()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                await self._listen_once()
+            except StorageUnavailable:
+                pass
+            except Exception:  # a bug must not stop the wake-ups for good
+                log.exception("queue_listen_failed")
+            await asyncio.sleep(_RELISTEN_SECONDS)
+
+    async def _listen_once(self) -> None:
+        """LISTEN on one pooled connection until it is lost."""
+        async with self._db.connection() as conn:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _: lost.set())
+            await conn.add_listener(_CHANNEL, self._notified)
+            # Whatever changed while nobody listened was missed: look now.
+            self._changed.notify()
+            try:
+                await lost.wait()
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(_CHANNEL, self._notified)
+
+    def _notified(self, *_: object) -> None:
+        self._changed.notify()
 
     # --- intake and reads -------------------------------------------------------------------
     async def enqueue(self, job: NewJob, *, now: float) -> tuple[JobRecord, bool]:
@@ -145,7 +207,8 @@ class PostgresJobQueue:
         return record, created
 
     async def _insert(self, batch: list[_Enqueue]) -> list[_Outcome]:
-        """One transaction for a batch of enqueues: each job's outcome, a conflict as a value."""
+        """One transaction for a batch of enqueues: each job's outcome, a conflict as a value.
+        Idle workers everywhere are woken by the insert trigger's NOTIFY, sent at commit."""
         # A key repeated within the batch is inserted once, by its first job.
         first_in_batch: dict[str, str] = {}
         inserts: list[NewJob] = []
@@ -160,18 +223,28 @@ class PostgresJobQueue:
         # jobs that arrived together are reordered, and their order was a race anyway.
         inserts.sort(key=lambda job: job.idempotency_key or "")
         nows = {item.job.id: item.now for item in batch}
-        async with self._db.transaction() as conn:
-            rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
+        by_key: dict[str, JobRecord] = {}
+        if not first_in_batch:
+            # No keys: the one INSERT is the whole write, atomic and committed by itself, so
+            # no BEGIN and COMMIT round trips.
+            async with self._db.connection() as conn:
+                rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
             inserted = {str(r["id"]): _record(r) for r in rows}
-            # Keys whose row was not inserted belong to a job committed earlier, here or by
-            # another replica; this statement's fresh snapshot sees it.
-            lost = [k for k, job_id in first_in_batch.items() if job_id not in inserted]
-            by_key: dict[str, JobRecord] = {}
-            if lost:
-                winners = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[])", lost
-                )
-                by_key = {str(r["idempotency_key"]): _record(r) for r in winners}
+        else:
+            # The read of lost keys shares the insert's transaction: if it fails, nothing was
+            # stored, and the jobs can be retried one by one.
+            async with self._db.transaction() as conn:
+                rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
+                inserted = {str(r["id"]): _record(r) for r in rows}
+                # A key whose row was not inserted belongs to a job committed earlier, here or
+                # by another replica; this statement's fresh snapshot sees it.
+                lost = [k for k, job_id in first_in_batch.items() if job_id not in inserted]
+                if lost:
+                    winners = await conn.fetch(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[])",
+                        lost,
+                    )
+                    by_key = {str(r["idempotency_key"]): _record(r) for r in winners}
         by_key.update({r.idempotency_key: r for r in inserted.values() if r.idempotency_key})
         outcomes: list[_Outcome] = []
         for item in batch:
@@ -305,13 +378,17 @@ class PostgresJobQueue:
         return changed
 
     async def release(self, job_id: str, owner: str, *, now: float) -> bool:
-        changed = await self._update(
-            "UPDATE jobs SET available_at = $1, lease_owner = NULL"
-            " WHERE id = $2 AND lease_owner = $3 AND state = 'queued'",
-            now,
-            job_id,
-            owner,
-        )
+        async with self._db.transaction() as conn:
+            status = await conn.execute(
+                "UPDATE jobs SET available_at = $1, lease_owner = NULL"
+                " WHERE id = $2 AND lease_owner = $3 AND state = 'queued'",
+                now,
+                job_id,
+                owner,
+            )
+            changed = _rowcount(status) > 0
+            if changed:  # a replica shutting down: the others take its jobs at once
+                await conn.execute(_NOTIFY)
         self._changed.notify()
         return changed
 
@@ -335,7 +412,7 @@ class PostgresJobQueue:
         return _record(row)
 
     async def requeue_dead(self, job_id: str, *, now: float) -> JobRecord | None:
-        async with self._db.connection() as conn:
+        async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', attempts = 0, available_at = $1,"
                 " finished_at = NULL, lease_owner = NULL"
@@ -343,6 +420,8 @@ class PostgresJobQueue:
                 now,
                 job_id,
             )
+            if row is not None:
+                await conn.execute(_NOTIFY)
         if row is None:
             return None
         self._changed.notify()

@@ -86,6 +86,19 @@ async def test_an_open_transaction_elsewhere_on_the_server_holds_the_feed_back(
         await elsewhere.close()
 
 
+async def test_an_open_transaction_that_only_reads_holds_nothing_back(
+    open_replica: OpenReplica, connect: Connect
+) -> None:
+    log = await open_replica()
+    reader = await connect()
+    transaction = reader.transaction(isolation="repeatable_read")
+    await transaction.start()
+    assert await reader.fetchval("SELECT count(*) FROM events") == 0  # takes no transaction id
+    await log.store([event("served")])
+    assert await ids_after(log, FEED_START) == ["served"]
+    await transaction.rollback()
+
+
 async def test_concurrent_writers_and_a_poller_see_every_event_exactly_once(
     open_replica: OpenReplica, connect: Connect
 ) -> None:
