@@ -4,12 +4,18 @@ recent rows stay, old feed cursors keep working, the rows pruned are counted."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from service.app import create_app
+from service.appkeys import QUEUE, STORAGE
 from service.metrics import Metrics
+from service.queue import JobQueue
 from service.retention import STEP_ROWS, Retainer, retention_interval
-from service.storage import BatchProgress, Storage
-from tests.events.support import sample, submitted_job
+from service.storage import BatchProgress, Storage, open_storage
+from tests.events.support import events_settings, sample, submitted_job
+from tests.queue.rig import until
 from tests.storage.conftest import OpenBackend
 
 DAY = 86_400.0
@@ -122,3 +128,29 @@ async def test_refused_bodies_are_bounded_in_total_bytes(open_backend: OpenBacke
     kept = await storage.events.rejected()
     # 100 bytes kept of each; the two newest fit in 250.
     assert [(r.body, r.body_bytes) for r in kept] == [(b"C" * 100, 1000), (b"D" * 100, 1000)]
+
+
+async def test_the_service_prunes_at_start_and_keeps_everything_with_0_days(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Any]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cirelay.db'}"
+    storage = await open_storage(url)
+    job = await submitted_job(storage.queue)
+    assert await storage.queue.finish(job.id, "succeeded", at=time.time() - 40 * DAY)
+    await storage.close()
+
+    forever = await aiohttp_client(
+        create_app(events_settings(tmp_path, CIRELAY_RETENTION_DAYS="0"))
+    )
+    # No retainer runs: nobody holds its lease, and the job is still there.
+    assert await forever.app[STORAGE].leases.acquire("retention", "probe", ttl=1, now=time.time())
+    await forever.app[STORAGE].leases.release("retention", "probe")
+    assert await forever.app[QUEUE].get(job.id) is not None
+    await forever.close()
+
+    client = await aiohttp_client(create_app(events_settings(tmp_path)))  # 30 days
+    await until(lambda: _gone(client.app[QUEUE], job.id), "the old job pruned")
+
+
+async def _gone(queue: JobQueue, job_id: str) -> bool:
+    return await queue.get(job_id) is None
