@@ -10,10 +10,12 @@ client on core 0), the same pool size and the same concurrency, and measures
 - enqueues/s: ``--concurrency`` callers each storing one job at a time until ``--jobs`` are
   stored, each call returning once its job is committed (procrastinate: ``defer_async`` of a no-op
   task; cirelay: ``JobQueue.enqueue``, whose callers share commits through group commit);
-- claim-to-done/s: the stored jobs drained by ``--concurrency`` concurrent workers (procrastinate:
-  its worker with ``concurrency=C`` and ``wait=False`` running the no-op task, each job fetched
-  and marked succeeded; cirelay: C loops of ``claim`` then ``record_submitted``, the write that
-  ends a job's time in the queue).
+- claim-to-done/s: the stored jobs drained by ``--concurrency`` C concurrent workers, each job
+  fetched, run and marked succeeded (procrastinate, ``wait=False``, the no-op task) or claimed and
+  recorded as submitted (cirelay: C loops of ``claim`` then ``record_submitted``, the write that
+  ends a job's time in the queue). procrastinate runs twice: one worker with ``concurrency=C``
+  (its usual set-up; the worker fetches one job at a time) and C workers with ``concurrency=1``
+  each in the same event loop (C fetches in flight, as C claim loops have).
 
 The order of the two alternates between rounds. A benchmark, never a test: nothing here asserts
 timings.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -64,7 +67,7 @@ async def _count(url: str, sql: str) -> int:
         await conn.close()
 
 
-async def bench_procrastinate(url: str, args: argparse.Namespace) -> dict[str, float]:
+async def bench_procrastinate(url: str, args: argparse.Namespace, workers: int) -> dict[str, float]:
     connector = procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=args.pool)
     app = procrastinate.App(connector=connector)
 
@@ -76,12 +79,18 @@ async def bench_procrastinate(url: str, args: argparse.Namespace) -> dict[str, f
         await app.schema_manager.apply_schema_async()
         enqueues = await _concurrently(args.jobs, args.concurrency, task.defer_async)
         started = time.perf_counter()
-        await app.run_worker_async(
-            queues=["bench"],
-            concurrency=args.concurrency,
-            wait=False,
-            listen_notify=False,  # drains a full queue: nothing to be woken for
-            install_signal_handlers=False,
+        await asyncio.gather(
+            *(
+                app.run_worker_async(
+                    name=f"bench-{i}",
+                    queues=["bench"],
+                    concurrency=args.concurrency // workers,
+                    wait=False,
+                    listen_notify=False,  # drains a full queue: nothing to be woken for
+                    install_signal_handlers=False,
+                )
+                for i in range(workers)
+            )
         )
         done = args.jobs / (time.perf_counter() - started)
     succeeded = await _count(
@@ -122,7 +131,8 @@ async def bench_cirelay(url: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 BENCHES: dict[str, Callable[[str, argparse.Namespace], Awaitable[dict[str, float]]]] = {
-    "procrastinate": bench_procrastinate,
+    "procrastinate 1xC": functools.partial(bench_procrastinate, workers=1),
+    "procrastinate Cx1": lambda url, args: bench_procrastinate(url, args, args.concurrency),
     "cirelay": bench_cirelay,
 }
 
@@ -136,6 +146,10 @@ def main() -> None:
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs two cores: one for this client, one for PostgreSQL")
+    from service.logging import configure_logging
+    from service.settings import Settings
+
+    configure_logging(Settings.load({"CIRELAY_LOG_LEVEL": "warning"}))
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in BENCHES}
     with postgres(core=DATABASE_CORE) as server:
@@ -146,7 +160,7 @@ def main() -> None:
                 r = asyncio.run(BENCHES[name](fresh_database(server), args))
                 results[name].append(r)
                 print(
-                    f"round {round_ + 1}  {name:13}  enqueue {r['enqueues']:7.0f} jobs/s  "
+                    f"round {round_ + 1}  {name:17}  enqueue {r['enqueues']:7.0f} jobs/s  "
                     f"claim-to-done {r['done']:7.0f} jobs/s",
                     flush=True,
                 )
@@ -154,7 +168,7 @@ def main() -> None:
         f"\n{args.jobs} no-op jobs, concurrency {args.concurrency}, pool {args.pool}, "
         f"{args.rounds} rounds (median, min-max):"
     )
-    print(f"{'queue':13}  {'enqueues/s':>22}  {'claim-to-done/s':>22}")
+    print(f"{'queue':17}  {'enqueues/s':>22}  {'claim-to-done/s':>22}")
     summary: dict[str, Any] = {}
     for name, rounds in results.items():
         cells = []
@@ -168,10 +182,11 @@ def main() -> None:
             cells.append(
                 f"{statistics.median(values):7.0f} ({min(values):5.0f}-{max(values):5.0f})"
             )
-        print(f"{name:13}  {cells[0]:>22}  {cells[1]:>22}")
+        print(f"{name:17}  {cells[0]:>22}  {cells[1]:>22}")
     for metric in ("enqueues", "done"):
-        ratio = summary["cirelay"][metric]["median"] / summary["procrastinate"][metric]["median"]
-        summary.setdefault("ratio cirelay/procrastinate", {})[metric] = round(ratio, 2)
+        best = max(v[metric]["median"] for k, v in summary.items() if k != "cirelay")
+        ratio = summary["cirelay"][metric]["median"] / best
+        summary.setdefault("ratio cirelay/best procrastinate", {})[metric] = round(ratio, 2)
     print(json.dumps(summary, indent=2))
 
 
