@@ -2,19 +2,20 @@
 
     python -m tests.bench.bench_batch [--sizes 1000,10000,100000] [--workers 250]
                                       [--job-seconds 0.5] [--reconcile-seconds 2]
-                                      [--steady-seconds 0]
+                                      [--steady-seconds 0] [--postgres URL]
 
 For each size, a ``cirelay emulator`` process expands one Prefix into that many media jobs (each
 runs ``--job-seconds`` on ``--workers`` workers and calls back by URL), and a ``cirelay serve``
-process on a fresh SQLite file takes the job, submits it, ingests every callback and reconciles
-every ``--reconcile-seconds``. Reported, from the service's own metrics and files:
+process on a fresh SQLite file (or, with ``--postgres`` and the URL of a server's database, a
+fresh database created on that server) takes the job, submits it, ingests every callback and
+reconciles every ``--reconcile-seconds``. Reported, from the service's own metrics and files:
 
 - CI read calls (batch GET, media job list and lookups) per 100 media jobs, and the passes made;
 - the mean time of a reconcile pass;
 - the service's and the emulator's peak RSS (``VmHWM``);
 - the time from the batch's end at the emulator (when its last media job ended) to the
   ``BatchFinish`` event (its ``received_at`` minus its ``ended_at``; CI's times are to the second);
-- the database's size (file, WAL and shared memory).
+- the database's size (SQLite: file, WAL and shared memory; PostgreSQL: ``pg_database_size``).
 
 ``--steady-seconds S`` adds a run with retention on (``CIRELAY_RETENTION_DAYS`` of 20 s): a
 100-object job every second for S seconds, and the database's size every 10 s, which should level
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from tests.ports import free_port
 
@@ -110,14 +112,48 @@ def _process(args: list[str], env: dict[str, str], port: int, what: str) -> Iter
             proc.wait()
 
 
+class Database:
+    """Where a run's service keeps its tables: a fresh SQLite file, or a fresh database on the
+    PostgreSQL server ``--postgres`` names."""
+
+    def __init__(self, workdir: Path, postgres: str, name: str) -> None:
+        self._postgres = postgres
+        self._name = name
+        self._file = workdir / f"{name}.db"
+
+    @property
+    def url(self) -> str:
+        if not self._postgres:
+            return f"sqlite:///{self._file}"
+        return f"{self._postgres.rsplit('/', 1)[0]}/{self._name}"
+
+    async def create(self) -> None:
+        if self._postgres:
+            conn = await asyncpg.connect(self._postgres)
+            try:
+                await conn.execute(f'CREATE DATABASE "{self._name}"')
+            finally:
+                await conn.close()
+
+    async def mib(self) -> float:
+        if not self._postgres:
+            files = [self._file, Path(f"{self._file}-wal"), Path(f"{self._file}-shm")]
+            return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+        conn = await asyncpg.connect(self.url)
+        try:
+            size = await conn.fetchval("SELECT pg_database_size(current_database())")
+        finally:
+            await conn.close()
+        return float(size) / 2**20
+
+
 @contextmanager
 def _stack(
-    workdir: Path, objects: int, args: argparse.Namespace, **service_env: str
-) -> Iterator[tuple[str, int, int, Path]]:
-    """The emulator and the service on fresh ports and a fresh database: (service url, service
-    pid, emulator pid, db)."""
+    db: Database, objects: int, args: argparse.Namespace, **service_env: str
+) -> Iterator[tuple[str, int, int]]:
+    """The emulator and the service on fresh ports and ``db``: (service url, service pid,
+    emulator pid)."""
     emulator_port, service_port = free_port(), free_port()
-    db = workdir / f"cirelay-{objects}-{time.monotonic_ns()}.db"
     emulator_env = {
         "CIRELAY_LOG_LEVEL": "warning",
         "CIRELAY_EMULATOR_CREDENTIALS": f"{SECRET_ID}:{SECRET_KEY}",
@@ -127,8 +163,9 @@ def _stack(
     }
     env = {
         "CIRELAY_LOG_LEVEL": "warning",
-        "CIRELAY_DATABASE_URL": f"sqlite:///{db}",
+        "CIRELAY_DATABASE_URL": db.url,
         "CIRELAY_API_TOKEN": API_TOKEN,
+        "CIRELAY_CALLBACK_SECRET": "bench-batch-callback-secret",
         "CIRELAY_PUBLIC_URL": f"http://127.0.0.1:{service_port}",
         "CIRELAY_CI_ENDPOINT": f"http://127.0.0.1:{emulator_port}",
         "CIRELAY_CI_SECRET_ID": SECRET_ID,
@@ -143,7 +180,7 @@ def _stack(
         _process(emulator, emulator_env, emulator_port, "emulator") as emulator_pid,
         _process(["serve", "--port", str(service_port)], env, service_port, "service") as pid,
     ):
-        yield f"http://127.0.0.1:{service_port}", pid, emulator_pid, db
+        yield f"http://127.0.0.1:{service_port}", pid, emulator_pid
 
 
 async def _submit(session: aiohttp.ClientSession, url: str, name: str) -> str:
@@ -194,17 +231,14 @@ def _peak_rss_mib(pid: int) -> float:
     return kib / 1024
 
 
-def _db_mib(db: Path) -> float:
-    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
-    return sum(f.stat().st_size for f in files if f.exists()) / 2**20
-
-
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> dict[str, Any]:
-    with _stack(workdir, objects, args) as (url, pid, emulator_pid, db):
+    db = Database(workdir, args.postgres, f"bench_batch_{objects}_{time.time_ns()}")
+    await db.create()
+    with _stack(db, objects, args) as (url, pid, emulator_pid):
         async with aiohttp.ClientSession(headers=AUTH) as session:
             started = time.monotonic()
             job_id = await _submit(session, url, f"bench-{objects}")
@@ -214,6 +248,7 @@ async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> di
             finish = await _batch_finish(session, url, job_id)
             rss = _peak_rss_mib(pid)
             emulator_rss = _peak_rss_mib(emulator_pid)
+    db_mib = await db.mib()  # once the service has stopped (SQLite: its WAL checkpointed)
     reads = sum(metrics.get(op, 0.0) for op in READ_CALLS)
     passes = metrics.get("cirelay_reconcile_pass_seconds_count", 0.0)
     return {
@@ -232,7 +267,8 @@ async def one_batch(workdir: Path, objects: int, args: argparse.Namespace) -> di
         "end_to_batch_finish_s": round(
             _epoch(finish["received_at"]) - _epoch(finish["ended_at"]), 1
         ),
-        "db_mib": round(_db_mib(db), 1),
+        "backend": "postgres" if args.postgres else "sqlite",
+        "db_mib": round(db_mib, 1),
     }
 
 
@@ -240,8 +276,9 @@ async def steady(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A 100-object job a second with retention at 20 s: the database's size over time."""
     retention_days = 20 / 86_400
     sizes: list[float] = []
-    retained = _stack(workdir, 100, args, CIRELAY_RETENTION_DAYS=str(retention_days))
-    with retained as (url, _, _, db):
+    db = Database(workdir, args.postgres, f"bench_steady_{time.time_ns()}")
+    await db.create()
+    with _stack(db, 100, args, CIRELAY_RETENTION_DAYS=str(retention_days)) as (url, _, _):
         async with aiohttp.ClientSession(headers=AUTH) as session:
             started = time.monotonic()
             n = 0
@@ -249,7 +286,7 @@ async def steady(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 await _submit(session, url, f"steady-{n}")
                 n += 1
                 if n % 10 == 0:
-                    sizes.append(round(_db_mib(db), 2))
+                    sizes.append(round(await db.mib(), 2))
                 await asyncio.sleep(max(0.0, n - (time.monotonic() - started)))
             metrics = await _metrics(session, url)
     return {
@@ -279,6 +316,9 @@ def main() -> None:
     parser.add_argument("--job-seconds", type=float, default=0.5)
     parser.add_argument("--reconcile-seconds", type=float, default=2.0)
     parser.add_argument("--steady-seconds", type=float, default=0.0)
+    parser.add_argument(
+        "--postgres", default="", help="a PostgreSQL database URL on the server to run against"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
