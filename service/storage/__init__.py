@@ -8,10 +8,13 @@ from __future__ import annotations
 from service.storage.errors import StorageUnavailable, StoreClosed
 from service.storage.protocol import (
     FEED_START,
+    Accounting,
+    BatchProgress,
     EventLog,
     FeedPosition,
     Leases,
     RejectedCallback,
+    Retention,
     Storage,
 )
 
@@ -26,6 +29,7 @@ async def open_storage(
     outbox: bool = False,
     rejected_body_max_bytes: int = 65_536,
     rejected_max_count: int = 10_000,
+    rejected_max_bytes: int = 64 * 1024 * 1024,
 ) -> Storage:
     """Open and migrate the backend ``url`` names. ``outbox``: keep outbox rows for a publisher
     (otherwise they would pile up with nobody to drain them)."""
@@ -37,6 +41,7 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     if url.startswith(POSTGRES_PREFIXES):
         from service.storage.postgres import PostgresStorage
@@ -47,16 +52,20 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
 
 
 __all__ = [
     "FEED_START",
+    "Accounting",
+    "BatchProgress",
     "EventLog",
     "FeedPosition",
     "Leases",
     "RejectedCallback",
+    "Retention",
     "Storage",
     "StorageUnavailable",
     "StoreClosed",

@@ -6,6 +6,7 @@ from service.storage.postgres.database import Database
 from service.storage.postgres.events import PostgresEventLog
 from service.storage.postgres.leases import PostgresLeases
 from service.storage.postgres.queue import PostgresJobQueue
+from service.storage.postgres.retention import PostgresRetention
 
 
 class PostgresStorage:
@@ -22,6 +23,7 @@ class PostgresStorage:
         self.queue = queue
         self.events = events
         self.leases = leases
+        self.retention = PostgresRetention(db)
 
     @classmethod
     async def open(
@@ -32,6 +34,7 @@ class PostgresStorage:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> PostgresStorage:
         db = await Database.open(url, pool_size=pool_size)
         try:
@@ -41,6 +44,7 @@ class PostgresStorage:
                 outbox=outbox,
                 rejected_body_max_bytes=rejected_body_max_bytes,
                 rejected_max_count=rejected_max_count,
+                rejected_max_bytes=rejected_max_bytes,
             )
             leases = await PostgresLeases.open(db)
         except BaseException:
