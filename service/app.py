@@ -30,12 +30,13 @@ from service.appkeys import (
 from service.ci.client import CIClient
 from service.ci.signing import Credentials
 from service.events.pipeline import EventPipeline
+from service.events.reconcile import Reconciler
 from service.intake import preinitialise_metrics
 from service.metrics import Metrics
 from service.pulsar.context import pulsar_ctx
 from service.queue.gauges import refresh_queue_gauges
 from service.ratelimit import RateLimiter
-from service.reconcile import Reconciler
+from service.retention import Retainer
 from service.settings import Settings
 from service.storage import open_storage
 from service.submitter import Submitter, preinitialise_outcomes
@@ -56,6 +57,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox=bool(settings.pulsar_url and settings.pulsar_output_topic),
         rejected_body_max_bytes=settings.rejected_body_max_bytes,
         rejected_max_count=settings.rejected_max_count,
+        rejected_max_bytes=settings.rejected_max_bytes,
     )
     app[STORAGE] = storage
     app[QUEUE] = storage.queue
@@ -152,17 +154,31 @@ async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     reconciler = Reconciler(
-        app[QUEUE],
-        app[CI_CLIENT],
-        app[EVENT_STORE],
-        app[STORAGE].leases,
         app[EVENT_PIPELINE],
+        app[CI_CLIENT],
+        app[STORAGE].leases,
         app[METRICS],
         interval=settings.reconcile_seconds,
         grace=settings.reconcile_grace_seconds,
         concurrency=settings.ci_concurrency,
     )
     task = asyncio.create_task(reconciler.run(), name="reconciler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.retention_days <= 0:
+        yield
+        return
+    storage = app[STORAGE]
+    retainer = Retainer(
+        storage.retention, storage.leases, app[METRICS], days=settings.retention_days
+    )
+    task = asyncio.create_task(retainer.run(), name="retention")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +208,7 @@ def create_app(settings: Settings) -> web.Application:
             ci_client_ctx,
             submitter_ctx,
             reconcile_ctx,
+            retention_ctx,
             pulsar_ctx,
             frozen_heap_ctx,
         ]

@@ -77,6 +77,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.retention_pruned = Counter(
+            "cirelay_retention_pruned_total",
+            "Rows deleted by retention, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.reconcile_pass = Histogram(
+            "cirelay_reconcile_pass_seconds",
+            "One reconcile pass over every unfinished batch this replica took.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300),
+            registry=r,
+        )
         self.events_reconciled = Counter(
             "cirelay_events_reconciled_total",
             "Events created by polling CI for a missed callback.",

@@ -148,11 +148,20 @@ class Settings:
         60.0, "How long after a media job ends its callback may still arrive before it is polled."
     )
     max_events_per_callback: int = _setting(
-        1000, "JobsDetail entries one callback may carry; more is refused (`too_many_events`)."
+        100, "JobsDetail entries one callback may carry; more is refused (`too_many_events`)."
     )
     rejected_body_max_bytes: int = _setting(65_536, "Bytes of a refused callback body kept.")
     rejected_max_count: int = _setting(
         10_000, "Refused callbacks kept for replay; the oldest are dropped beyond this."
+    )
+    rejected_max_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "Total bytes of refused callback bodies kept; the oldest are dropped beyond this.",
+    )
+    retention_days: float = _setting(
+        30.0,
+        "Days finished jobs (with their events, idempotency keys, outbox entries) and refused"
+        " bodies are kept; 0 keeps everything forever.",
     )
 
     # Webhooks
@@ -392,6 +401,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "max_xml_depth",
             "reconcile_seconds",
             "rejected_max_count",
+            "rejected_max_bytes",
             "pulsar_redelivery_delay_seconds",
             "webhook_connect_timeout_seconds",
             "webhook_timeout_seconds",
@@ -405,6 +415,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         (
             "reconcile_grace_seconds",
             "rejected_body_max_bytes",
+            "retention_days",
             "emulator_callback_retries",
             "emulator_job_seconds",
             "emulator_callback_retry_seconds",

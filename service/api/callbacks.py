@@ -39,14 +39,19 @@ async def receive_callback(request: web.Request) -> web.Response:
     pipeline = request.app[EVENT_PIPELINE]
     content_type = request.headers.get("Content-Type", "")
     async with body_deadline(request):
-        body, complete = await _read_bounded(
+        body, received = await _read_bounded(
             request, settings.max_body_bytes, settings.rejected_body_max_bytes
         )
     try:
-        if not complete:
+        if received is not None:
             message = f"body exceeds {settings.max_body_bytes} bytes"
             await pipeline.reject(
-                body, content_type, source=SOURCE, reason="body_too_large", message=message
+                body,
+                content_type,
+                source=SOURCE,
+                reason="body_too_large",
+                message=message,
+                size=received,
             )
             raise ApiError(413, "body_too_large", message)
         try:
@@ -73,12 +78,14 @@ def _is_static_token(token: str, static: str) -> bool:
     return bool(static) and hmac.compare_digest(token.encode(), static.encode())
 
 
-async def _read_bounded(request: web.Request, limit: int, keep: int) -> tuple[bytes, bool]:
-    """(body, complete): past ``limit`` bytes reading stops with the first ``keep`` bytes."""
-    too_large = request.content_length is not None and request.content_length > limit
+async def _read_bounded(request: web.Request, limit: int, keep: int) -> tuple[bytes, int | None]:
+    """(body, None) for a whole body; past ``limit`` bytes reading stops with the first ``keep``
+    bytes and the size received: the declared Content-Length, else what was read."""
+    declared = request.content_length
+    too_large = declared is not None and declared > limit
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
         if (too_large and len(body) >= keep) or len(body) > limit:
-            return bytes(body[:keep]), False
-    return bytes(body), not too_large
+            return bytes(body[:keep]), declared if too_large else len(body)
+    return bytes(body), declared if too_large else None

@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 DEFAULT_LIMIT = 50
+EMBEDDED_EVENTS = 100  # events shown in a job's view; the rest through its feed
 MAX_LIMIT = 200
 _CURSOR_PREFIX = "v1:"
 # CI statuses that refuse a cancel for the job's own sake (its state, or CI no longer has it).
@@ -131,7 +132,10 @@ async def get_job(request: web.Request) -> web.Response:
     if job is None:
         raise _not_found(request.match_info["id"])
     view = job_view(job)
-    view["events"] = await request.app[EVENT_STORE].for_job(job.id)
+    store = request.app[EVENT_STORE]
+    # Bounded: a batch of 100,000 media jobs has as many events; the feed pages through them.
+    view["events"] = await store.for_job(job.id, limit=EMBEDDED_EVENTS)
+    view["events_count"] = await store.count_for_job(job.id)
     view["deliveries"] = await request.app[STORAGE].deliveries.job_counts(job.id)
     return web.json_response(view)
 
@@ -190,6 +194,8 @@ def job_view(job: JobRecord, *, with_events: bool = True) -> dict[str, Any]:
     }
     if with_events:
         view["events"] = []
+        view["events_count"] = 0
+        view["events_feed"] = f"/v1/events?job_id={job.id}"
         view["deliveries"] = dict.fromkeys(DELIVERY_STATES, 0)
     return view
 

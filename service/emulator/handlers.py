@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from service.emulator.details import batch_detail, media_detail
 from service.emulator.jobs import CancelRefused
 from service.emulator.keys import ENGINE, REQUEST_ID, SETTINGS, STATS, TARGET
 from service.emulator.listing import Page, T, invalid, paginate, parse_page
+from service.emulator.records import Batch, MediaJob
 from service.emulator.responses import CIError, empty_answer, xml_answer
 from service.emulator.spec import spec_from_request
 from service.request import TAG_ALIASES, RequestInvalid, parse_request
@@ -81,18 +82,23 @@ async def list_batches(request: web.Request) -> web.Response:
     # Emulated batches are all Job-type and belong to no workflow.
     if kind == "Workflow" or params.get("workflowId"):
         batches = []
-    if params.get("jobId"):
-        batches = [b for b in batches if b.job_id == params["jobId"]]
-    if params.get("name"):
-        batches = [b for b in batches if b.spec.name == params["name"]]
-    return _list_answer(request, batches, page, batch_detail)
+    job_id, name = params.get("jobId"), params.get("name")
+
+    def keep(batch: Batch) -> bool:
+        return (not job_id or batch.job_id == job_id) and (not name or batch.spec.name == name)
+
+    return _list_answer(request, batches, page, keep, batch_detail)
 
 
 def _list_answer(
-    request: web.Request, items: Iterable[T], page: Page, detail: Callable[[T], Any]
+    request: web.Request,
+    items: Sequence[T],
+    page: Page,
+    keep: Callable[[T], bool],
+    detail: Callable[[T], Any],
 ) -> web.Response:
     """A list call's answer: the page's JobsDetail (absent when empty) and its NextToken."""
-    shown, token = paginate(items, page)
+    shown, token = paginate(items, page, keep)
     body: dict[str, Any] = {}
     if shown:
         body["JobsDetail"] = [detail(item) for item in shown]
@@ -144,14 +150,22 @@ async def list_media_jobs(request: web.Request) -> web.Response:
     tag = TAG_ALIASES.get(tag, tag)
     page = parse_page(params)
     engine = request.app[ENGINE]
-    jobs = [
-        j
-        for j in engine.media_of(request[TARGET].bucket)
-        if engine.batches[j.batch_id].spec.tag == tag
-        and params.get("queueId", "") in ("", engine.batches[j.batch_id].spec.queue_id)
-        and params.get("inventoryTriggerJobId", "") in ("", j.batch_id)
-    ]
-    return _list_answer(request, jobs, page, lambda j: media_detail(j, engine.batches[j.batch_id]))
+    bucket = request[TARGET].bucket
+    batch_id = params.get("inventoryTriggerJobId", "")
+    queue_id = params.get("queueId", "")
+    if batch_id:
+        batch = engine.batch(bucket, batch_id)
+        jobs = engine.children(batch_id) if batch is not None else ()
+    else:
+        jobs = engine.media_of(bucket)
+
+    def keep(job: MediaJob) -> bool:
+        spec = engine.batches[job.batch_id].spec
+        return spec.tag == tag and queue_id in ("", spec.queue_id)
+
+    return _list_answer(
+        request, jobs, page, keep, lambda j: media_detail(j, engine.batches[j.batch_id])
+    )
 
 
 @routes.put("/jobs/{job_id}")

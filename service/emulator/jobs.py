@@ -4,12 +4,17 @@ batch end states, callback hand-off (with reordering), and write-through persist
 A batch goes Submitted → Running (its first media job starts) → Success, Failed (any media job
 failed) or Cancel. Each media job runs CIRELAY_EMULATOR_JOB_SECONDS on one of
 CIRELAY_EMULATOR_WORKERS workers, highest JobLevel first, then in creation order.
+
+A batch may hold 100,000 media jobs, so nothing done per media job looks at all of them: each
+batch keeps a tally of its ended children, the engine counts what is unfinished or has a callback
+pending, and lists are kept in creation order per batch and per bucket for paging.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,6 +52,26 @@ class CancelRefused(Exception):
         self.state = state
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What a batch's ended media jobs add up to."""
+
+    total: int = 0
+    ended: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    first_failure: str | None = None  # the Code of the first media job that failed
+
+    def count(self, job: MediaJob) -> None:
+        self.ended += 1
+        if job.state == FAILED:
+            self.failed += 1
+            if self.first_failure is None:
+                self.first_failure = job.code
+        elif job.state == CANCEL:
+            self.cancelled += 1
+
+
 class Engine:
     def __init__(
         self,
@@ -64,6 +89,12 @@ class Engine:
         self._store = store
         self.batches: dict[str, Batch] = {}
         self.media: dict[str, MediaJob] = {}
+        # Creation (seq) order, for paging without sorting or scanning.
+        self._children: dict[str, list[MediaJob]] = {}
+        self._by_bucket: dict[str, list[MediaJob]] = {}
+        self._tallies: dict[str, _Tally] = {}
+        self._unfinished = 0  # media jobs not ended
+        self._undelivered = 0  # callbacks pending
         self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
         self._running = asyncio.Event()
         self._running.set()
@@ -81,19 +112,26 @@ class Engine:
         if self._store is not None:
             batches, jobs = await self._store.load()
             self.batches = {b.job_id: b for b in batches}
-            self.media = {j.job_id: j for j in jobs}
             self._counter = max(
                 [0, *(b.seq for b in batches), *(max(j.seq, j.run_seq, j.end_seq) for j in jobs)]
             )
+            for batch in batches:
+                self._children[batch.job_id] = []
+                self._tallies[batch.job_id] = _Tally()
+            for job in sorted(jobs, key=lambda j: j.seq):
+                self._add(job)
+                if job.finished:
+                    self._tallies[job.batch_id].count(job)
+                self._undelivered += job.callback == "pending"
         resumed = 0
-        for job in sorted(self.media.values(), key=lambda j: j.seq):
+        for job in self.media.values():
             if not job.finished:
                 # A job interrupted mid-run starts over, as if its worker had died.
                 job.state, job.start_time, job.run_seq = SUBMITTED, None, 0
                 self._enqueue(job)
                 resumed += 1
         for batch in self.batches.values():
-            children = [self.media[i] for i in batch.media_job_ids]
+            children = self._children[batch.job_id]
             for job in sorted(children, key=lambda j: j.end_seq):
                 if job.callback == "pending":
                     self._callback_due(batch, job)
@@ -133,15 +171,21 @@ class Engine:
         return job if job is not None and job.bucket == bucket else None
 
     def batches_of(self, bucket: str) -> list[Batch]:
-        return [b for b in self.batches.values() if b.bucket == bucket]
+        """The bucket's batches in creation order."""
+        return sorted((b for b in self.batches.values() if b.bucket == bucket), key=_seq)
 
-    def media_of(self, bucket: str) -> list[MediaJob]:
-        return [j for j in self.media.values() if j.bucket == bucket]
+    def media_of(self, bucket: str) -> Sequence[MediaJob]:
+        """The bucket's media jobs in creation order."""
+        return self._by_bucket.get(bucket, ())
+
+    def children(self, batch_id: str) -> Sequence[MediaJob]:
+        """A batch's media jobs in creation order."""
+        return self._children.get(batch_id, ())
 
     @property
     def idle(self) -> bool:
         """No media job unfinished and no callback left to deliver."""
-        return all(j.finished and j.callback != "pending" for j in self.media.values())
+        return self._unfinished == 0 and self._undelivered == 0
 
     async def wait_idle(self) -> None:
         await self.wait_until(lambda: self.idle)
@@ -171,6 +215,8 @@ class Engine:
             creation_time=created,
         )
         self.batches[batch.job_id] = batch
+        self._children[batch.job_id] = []
+        self._tallies[batch.job_id] = _Tally()
         jobs = []
         for key in keys:
             outputs = resolve_outputs(spec, batch_id=batch.job_id, input_key=key)
@@ -186,8 +232,7 @@ class Engine:
                 output_prefix=outputs.prefix,
                 creation_time=created,
             )
-            self.media[job.job_id] = job
-            batch.media_job_ids.append(job.job_id)
+            self._add(job)
             jobs.append(job)
         self._stats.batches_created[bucket] += 1
         self._stats.media_jobs_created += len(jobs)
@@ -207,7 +252,7 @@ class Engine:
             raise CancelRefused(job_id, batch.state)
         batch.state = CANCEL
         batch.end_time = now()
-        open_jobs = [j for j in (self.media[i] for i in batch.media_job_ids) if not j.finished]
+        open_jobs = [j for j in self._children[batch.job_id] if not j.finished]
         await self._end(batch, open_jobs, CANCEL)
         return batch
 
@@ -270,12 +315,16 @@ class Engine:
 
     async def _end(self, batch: Batch, jobs: list[MediaJob], state: str) -> None:
         ended = now()
+        tally = self._tallies[batch.job_id]
         for job in jobs:
             job.state, job.end_time, job.end_seq = state, ended, self._next()
             if state == FAILED:
                 job.code, job.message = FAILURE_CODE, FAILURE_MESSAGE
+            tally.count(job)
+            self._unfinished -= 1
             # Cancelled jobs send no TaskFinish; only a finished one does.
             job.callback = "pending" if state != CANCEL and batch.spec.wants_callback else "none"
+            self._undelivered += job.callback == "pending"
             self._stats.media_jobs_ended[state] += 1
             event = self._cancel_events.get(job.job_id)
             if event is not None:
@@ -290,16 +339,15 @@ class Engine:
 
     def _settle(self, batch: Batch) -> None:
         """End the batch once every media job has ended (cancel_batch ends it itself)."""
-        children = [self.media[i] for i in batch.media_job_ids]
-        if batch.finished or not all(c.finished for c in children):
+        tally = self._tallies[batch.job_id]
+        if batch.finished or tally.ended < tally.total:
             return
-        failed = [c for c in children if c.state == FAILED]
-        if children and all(c.state == CANCEL for c in children):
+        if tally.total and tally.cancelled == tally.total:
             batch.state = CANCEL
-        elif failed:
+        elif tally.failed:
             batch.state = FAILED
-            batch.code = failed[0].code
-            batch.message = f"{len(failed)} of {len(children)} media jobs failed"
+            batch.code = tally.first_failure or FAILURE_CODE
+            batch.message = f"{tally.failed} of {tally.total} media jobs failed"
         else:
             batch.state = SUCCESS
         batch.end_time = now()
@@ -326,10 +374,18 @@ class Engine:
         for job in jobs:
             await self._dispatcher.dispatch(batch, job)
             job.callback = "done"
+            self._undelivered -= 1
             await self._save([], [job])
             await self._notify()
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _add(self, job: MediaJob) -> None:
+        self.media[job.job_id] = job
+        self._children[job.batch_id].append(job)
+        self._by_bucket.setdefault(job.bucket, []).append(job)
+        self._tallies[job.batch_id].total += 1
+        self._unfinished += not job.finished
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -354,3 +410,7 @@ class Engine:
             candidate = f"{prefix}{self._ids.getrandbits(128):032x}"
             if candidate not in self.batches and candidate not in self.media:
                 return candidate
+
+
+def _seq(batch: Batch) -> int:
+    return batch.seq

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -65,24 +66,38 @@ def parse_page(params: Mapping[str, str]) -> Page:
     )
 
 
-def paginate(items: Iterable[T], page: Page) -> tuple[list[T], str]:
-    """The page's items in order, and the NextToken ("" when this is the last page)."""
-    chosen = [
-        item
-        for item in items
-        if (page.states is None or item.state in page.states)
-        and (page.start is None or item.creation_time >= page.start)
-        and (page.end is None or item.creation_time <= page.end)
-        and (
-            page.after is None
-            or (item.seq < page.after if page.descending else item.seq > page.after)
-        )
-    ]
-    chosen.sort(key=lambda item: item.seq, reverse=page.descending)
-    if len(chosen) <= page.size:
-        return chosen, ""
-    shown = chosen[: page.size]
-    return shown, _token(shown[-1].seq)
+def paginate(
+    items: Sequence[T], page: Page, keep: Callable[[T], bool] = lambda _: True
+) -> tuple[list[T], str]:
+    """The page's items in order, and the NextToken ("" when this is the last page).
+
+    ``items`` are in creation (seq) order: the walk starts at the token (found by bisection) and
+    stops once the page is full, so a page costs its size, not the length of the list.
+    """
+    if page.descending:
+        end = len(items) if page.after is None else bisect_left(items, page.after, key=_item_seq)
+        walk: Iterable[int] = range(end - 1, -1, -1)
+    else:
+        start = 0 if page.after is None else bisect_right(items, page.after, key=_item_seq)
+        walk = range(start, len(items))
+    chosen: list[T] = []
+    for index in walk:
+        item = items[index]
+        if (
+            (page.states is None or item.state in page.states)
+            and (page.start is None or item.creation_time >= page.start)
+            and (page.end is None or item.creation_time <= page.end)
+            and keep(item)
+        ):
+            chosen.append(item)
+            if len(chosen) > page.size:
+                shown = chosen[: page.size]
+                return shown, _token(shown[-1].seq)
+    return chosen, ""
+
+
+def _item_seq(item: Listed) -> int:
+    return item.seq
 
 
 def _token(seq: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -38,7 +38,6 @@ class Batch:
     message: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
-    media_job_ids: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -52,7 +51,7 @@ class Batch:
         return _from_json(cls, data)
 
 
-@dataclass
+@dataclass(slots=True)  # a batch may hold 100,000 of them
 class MediaJob:
     job_id: str
     batch_id: str

@@ -1,1 +1,2 @@
-"""Canonical events kept once: the store (group commit, feed, outbox) and the ingest pipeline."""
+"""Canonical events: their type, the ingest pipeline every source goes through, and the reconciler
+that learns from CI what callbacks cannot say."""

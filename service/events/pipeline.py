@@ -3,6 +3,9 @@
 The HTTP callback route, the Pulsar consumer and the reconciler all come through here, so an event
 is keyed, linked and counted the same way whoever delivered it. A caller may acknowledge its
 delivery (2xx, Pulsar ack) once ``ingest`` returns: the events are committed by then.
+
+The reconciler reaches storage only through what this offers it: the batches to look at, their
+recorded progress, a polled media job detail to ingest, and a batch's end.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +24,13 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 from prometheus_client import Counter
 
-from service.ingest.normalize import SOURCES, normalize
-from service.ingest.parse import EventRejected, parse_callback
+from service.ci.xml import BatchJob
+from service.events.canonical import CanonicalEvent, linked
+from service.ingest.normalize import SOURCES, batch_finish_event, normalize
+from service.ingest.parse import EventRejected, ParsedCallback, parse_callback
 from service.metrics import Metrics
-from service.queue import JobQueue
-from service.storage import EventLog
+from service.queue import FinishState, JobQueue, JobRecord
+from service.storage import Accounting, BatchProgress, EventLog
 from service.timefmt import utc_text
 
 log = structlog.get_logger(__name__)
@@ -120,11 +126,10 @@ class EventPipeline:
         link = None
         if cirelay_job_id is not None:
             link = self._links.get(cirelay_job_id) or await self._load_link(cirelay_job_id)
-            if link is not None:
-                await self._check_batch(events, link.batch_id, body, content_type, source)
-            for event in events:
-                event["cirelay_job_id"] = cirelay_job_id
-                event["batch_id"] = link.batch_id if link is not None else None
+            batch_id = link.batch_id if link is not None else None
+            if batch_id is not None:
+                await self._check_batch(events, batch_id, body, content_type, source)
+            events = [linked(e, cirelay_job_id=cirelay_job_id, batch_id=batch_id) for e in events]
             if self.bodies is not None and events:
                 # Before the events: a stored event never lacks the body its CallBack is owed.
                 await self.bodies.keep(
@@ -141,7 +146,7 @@ class EventPipeline:
 
     async def _parse(
         self, body: bytes, content_type: str, source: str, received: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[CanonicalEvent]:
         """The body's events, or ``EventRejected`` whatever the parser raised."""
         try:
             if len(body) < _OFFLOAD_BYTES:
@@ -167,7 +172,7 @@ class EventPipeline:
 
     def _read(
         self, body: bytes, content_type: str, source: str, received: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[CanonicalEvent]:
         """Parse and normalise one body (pure, so it may run in a worker thread)."""
         parsed = parse_callback(body, content_type, max_depth=self._max_depth)
         details = parsed.body.get("JobsDetail")
@@ -194,7 +199,7 @@ class EventPipeline:
             log.warning("events_reattributed", job_id=cirelay_job_id, count=len(moved))
 
     def learn_batch(self, batch_id: str, media_job_ids: Sequence[str]) -> None:
-        """Record which batch CI lists these media jobs under."""
+        """Remember which batch CI lists these media jobs under (from each listing recorded)."""
         for job_id in media_job_ids:
             self._batches.pop(job_id, None)
             self._batches[job_id] = batch_id
@@ -203,7 +208,7 @@ class EventPipeline:
 
     async def _check_batch(
         self,
-        events: Sequence[dict[str, Any]],
+        events: Sequence[CanonicalEvent],
         batch_id: str,
         body: bytes,
         content_type: str,
@@ -224,7 +229,7 @@ class EventPipeline:
                 raise EventRejected(WRONG_BATCH, message)
 
     async def store(
-        self, events: Sequence[dict[str, Any]], *, link: _JobLink | None = None
+        self, events: Sequence[CanonicalEvent], *, link: _JobLink | None = None
     ) -> IngestResult:
         """Store canonical events, move their job to ``running``, count them."""
         flags = await self._store.store(events)
@@ -260,9 +265,17 @@ class EventPipeline:
         counter.inc()
 
     async def reject(
-        self, body: bytes, content_type: str, *, source: str, reason: str, message: str
+        self,
+        body: bytes,
+        content_type: str,
+        *,
+        source: str,
+        reason: str,
+        message: str,
+        size: int | None = None,
     ) -> None:
-        """Keep a refused delivery's body (bounded) with its reason, and count it."""
+        """Keep a refused delivery's body (bounded) with its reason, and count it. ``size``:
+        the bytes that arrived, when ``body`` is only the first of them."""
         received = datetime.fromtimestamp(self._clock(), UTC)
         if not content_type.isascii():  # kept as text: bytes that were not UTF-8 become U+FFFD
             content_type = content_type.encode(errors="replace").decode()
@@ -273,9 +286,12 @@ class EventPipeline:
             message=message,
             content_type=content_type,
             body=body,
+            size=size,
         )
         self._metrics.events_rejected.labels(source, reason).inc()
-        log.info("event_rejected", source=source, reason=reason, size=len(body))
+        log.info(
+            "event_rejected", source=source, reason=reason, size=len(body) if size is None else size
+        )
 
     async def _load_link(self, cirelay_job_id: str) -> _JobLink | None:
         job = await self._queue.get(cirelay_job_id)
@@ -289,13 +305,101 @@ class EventPipeline:
             del self._links[next(iter(self._links))]
         return link
 
-    async def _mark_running(self, new: list[dict[str, Any]], link: _JobLink | None) -> None:
+    async def _mark_running(self, new: list[CanonicalEvent], link: _JobLink | None) -> None:
         if link is not None and link.running:
             return
-        for job_id in {e["cirelay_job_id"] for e in new if e.get("cirelay_job_id")}:
+        for job_id in {job for e in new if (job := e["cirelay_job_id"]) is not None}:
             await self._queue.mark_running(job_id)
         if link is not None:
             link.running = True
+
+    # --- what the reconciler needs --------------------------------------------------------------
+
+    async def open_batches(self, limit: int) -> list[JobRecord]:
+        """Our jobs that exist at CI and have not ended, oldest first."""
+        return await self._queue.unfinished_batches(limit)
+
+    async def batch_progress(self, job: JobRecord, batch_id: str) -> BatchProgress:
+        return await self._store.batch_progress(job.id) or BatchProgress(job.id, batch_id)
+
+    async def record_listing(self, progress: BatchProgress, media_job_ids: list[str]) -> set[str]:
+        """Remember a listed page's media jobs as the job's, with the progress it brings; those
+        of them still missing their TaskFinish. Events of them taken under another job's token
+        move to this job (``claim_batch``)."""
+        missing = await self._store.record_listing(progress, media_job_ids)
+        if media_job_ids:
+            await self.claim_batch(progress.cirelay_job_id, progress.batch_id, media_job_ids)
+        return missing
+
+    async def unaccounted(self, job: JobRecord, batch_id: str) -> Accounting:
+        """Attach what events of the batch can be, then count its media jobs still missing one."""
+        return await self._store.unaccounted(job.id, batch_id)
+
+    async def missing_media(self, job: JobRecord, *, after: str, limit: int) -> list[str]:
+        return await self._store.missing_media(job.id, after=after, limit=limit)
+
+    async def mark_running_if_attached(self, job: JobRecord) -> None:
+        """A job still ``submitted`` with events attached (some without a per-job token, which
+        moved nothing when they were stored) becomes ``running``."""
+        if job.state == "submitted" and await self._store.has_events(job.id):
+            await self._queue.mark_running(job.id)
+
+    async def ingest_polled(
+        self, detail: dict[str, Any], *, cirelay_job_id: str, batch_id: str
+    ) -> IngestResult:
+        """The TaskFinish a media job's callback would have carried, rebuilt from CI's job query
+        (``source: poll``). A detail that cannot be normalised is kept like a refused callback
+        and counts as no event: it must not hold its batch open forever."""
+        parsed = ParsedCallback(
+            format="xml",
+            event_name="TaskFinish",
+            body={"EventName": "TaskFinish", "JobsDetail": [detail]},
+        )
+        received = datetime.fromtimestamp(self._clock(), UTC)
+        try:
+            events = normalize(parsed, source="poll", received_at=received)
+        except EventRejected as exc:
+            body = json.dumps(detail, ensure_ascii=False).encode()
+            await self.reject(
+                body, "application/json", source="poll", reason=exc.reason, message=exc.message
+            )
+            return IngestResult((), 0, 0)
+        events = [linked(e, cirelay_job_id=cirelay_job_id, batch_id=batch_id) for e in events]
+        result = await self.store(events)
+        if result.new_events:
+            self._metrics.events_reconciled.inc(result.new_events)
+        return result
+
+    async def finish_batch(self, job: JobRecord, batch: BatchJob, state: FinishState) -> bool:
+        """Emit the batch's BatchFinish, then end our job; False when it had ended already.
+
+        Stored before the job ends: a crash in between emits it again next pass, a duplicate.
+        """
+        now = self._clock()
+        event = batch_finish_event(
+            batch.detail,
+            batch_id=batch.job_id,
+            cirelay_job_id=job.id,
+            tag=job.tag,
+            state=batch.state,
+            code=batch.code or None,
+            message=batch.message or None,
+            created_at=batch.creation_time or None,
+            started_at=batch.start_time or None,
+            ended_at=batch.end_time or None,
+            received_at=datetime.fromtimestamp(now, UTC),
+        )
+        await self.store([event])
+        ended_at = _epoch(event["ended_at"]) if event["ended_at"] else None
+        if not await self._queue.finish(job.id, state, at=ended_at or now):
+            return False
+        self._metrics.jobs_finished.labels(job.tag, state).inc()
+        created_at = event["created_at"]
+        if created_at is not None and ended_at is not None:
+            self._metrics.job_duration.labels(job.tag).observe(
+                max(0.0, ended_at - _epoch(created_at))
+            )
+        return True
 
 
 # A batch's callbacks share their end times (to the second): parse each stamp once.

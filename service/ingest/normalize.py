@@ -15,6 +15,7 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from service.events.canonical import CanonicalEvent, ObjectRef, WorkflowRef, WorkflowTask
 from service.ingest.document import (
     EventRejected,
     items,
@@ -35,12 +36,12 @@ SOURCES: frozenset[str] = frozenset({"http", "pulsar", "poll"})
 _COS_HOST = re.compile(r"^https?://[^/.]+\.cos\.([a-z0-9-]+)\.myqcloud\.com/", re.ASCII)
 
 # Outputs keyed by (bucket, region, key): a result listed twice is one object, in first-seen order.
-_Outputs = dict[tuple[str | None, str | None, str], dict[str, Any]]
+_Outputs = dict[tuple[str | None, str | None, str | None], ObjectRef]
 
 
 def normalize(
     parsed: ParsedCallback, *, source: str, received_at: datetime
-) -> list[dict[str, Any]]:
+) -> list[CanonicalEvent]:
     """One canonical event per JobsDetail of a TaskFinish (normally one), or one WorkflowFinish.
 
     Raises ``EventRejected`` for what ``parse_callback`` refuses (so a ``ParsedCallback`` built by
@@ -114,7 +115,7 @@ def batch_finish_event(
     ended_at: str | None,
     received_at: datetime,
     source: str = "poll",
-) -> dict[str, Any]:
+) -> CanonicalEvent:
     """The BatchFinish event cirelay emits when polling shows a batch job ended.
 
     ``batch`` is the batch's JobsDetail from ``GET /inventorytriggerjob/<id>`` (kept as
@@ -166,7 +167,7 @@ def _task_finish(
     fmt: str,
     source: str,
     received: str,
-) -> dict[str, Any]:
+) -> CanonicalEvent:
     job_id = required_text(detail, "JobId", path, "missing_job_id")
     state = required_text(detail, "State", path, "missing_state")
     operation = node(detail, "Operation", path) or {}
@@ -211,7 +212,7 @@ def _task_finish(
     )
 
 
-def _task_outputs(operation: dict[str, Any], state: str, path: str) -> list[dict[str, Any]]:
+def _task_outputs(operation: dict[str, Any], state: str, path: str) -> list[ObjectRef]:
     """Every object the job wrote, with its full key.
 
     MediaResult.OutputFile lists what was written: ObjectName is relative to ObjectPrefix (a
@@ -276,7 +277,7 @@ def _add_output_files(
 # --- WorkflowFinish -------------------------------------------------------------------------------
 
 
-def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str) -> dict[str, Any]:
+def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str) -> CanonicalEvent:
     path = "WorkflowExecution"
     execution = workflow_execution(body)
     run_id = required_text(execution, "RunId", path, "missing_run_id")
@@ -289,7 +290,7 @@ def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str)
     outputs: _Outputs = {}
     for task in tasks:
         for ref in task["outputs"]:
-            _add(outputs, ref["bucket"], ref["region"], ref["object"])
+            outputs.setdefault((ref["bucket"], ref["region"], ref["object"]), ref)
     ended = [task["ended_at"] for task in tasks if task["ended_at"] is not None]
     return _event(
         event_type="WorkflowFinish",
@@ -324,7 +325,7 @@ def _workflow_finish(body: dict[str, Any], fmt: str, source: str, received: str)
     )
 
 
-def _workflow_task(task: dict[str, Any], path: str, bucket: str | None) -> dict[str, Any]:
+def _workflow_task(task: dict[str, Any], path: str, bucket: str | None) -> WorkflowTask:
     outputs: _Outputs = {}
     result = node(task, "ResultInfo", path) or {}
     infos = nodes(result.get("ObjectInfo"), f"{path}.ResultInfo.ObjectInfo")
@@ -368,15 +369,15 @@ def _event(
     created_at: str | None,
     started_at: str | None,
     ended_at: str | None,
-    input_ref: dict[str, Any],
-    outputs: list[dict[str, Any]],
+    input_ref: ObjectRef,
+    outputs: list[ObjectRef],
     user_data: str | None,
     job_level: int | None,
-    workflow: dict[str, Any] | None,
-    tasks: list[dict[str, Any]],
+    workflow: WorkflowRef | None,
+    tasks: list[WorkflowTask],
     received_at: str,
     document: dict[str, Any],
-) -> dict[str, Any]:
+) -> CanonicalEvent:
     return {
         "schema_version": SCHEMA_VERSION,
         "event_id": event_id_for(event_type, subject_id, state),
@@ -444,7 +445,7 @@ def _key(name: str | None) -> str | None:
     return name.lstrip("/") or None
 
 
-def _ref(bucket: str | None, region: str | None, key: str | None) -> dict[str, Any]:
+def _ref(bucket: str | None, region: str | None, key: str | None) -> ObjectRef:
     return {"bucket": bucket, "region": region, "object": key}
 
 

@@ -9,6 +9,8 @@ from service.storage.errors import StorageUnavailable, StoreClosed
 from service.storage.protocol import (
     DELIVERY_STATES,
     FEED_START,
+    Accounting,
+    BatchProgress,
     Deliveries,
     Delivery,
     DeliveryState,
@@ -17,6 +19,7 @@ from service.storage.protocol import (
     Leases,
     NewDelivery,
     RejectedCallback,
+    Retention,
     Storage,
 )
 
@@ -31,6 +34,7 @@ async def open_storage(
     outbox: bool = False,
     rejected_body_max_bytes: int = 65_536,
     rejected_max_count: int = 10_000,
+    rejected_max_bytes: int = 64 * 1024 * 1024,
 ) -> Storage:
     """Open and migrate the backend ``url`` names. ``outbox``: keep outbox rows for a publisher
     (otherwise they would pile up with nobody to drain them)."""
@@ -42,6 +46,7 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     if url.startswith(POSTGRES_PREFIXES):
         from service.storage.postgres import PostgresStorage
@@ -52,6 +57,7 @@ async def open_storage(
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
 
@@ -59,6 +65,8 @@ async def open_storage(
 __all__ = [
     "DELIVERY_STATES",
     "FEED_START",
+    "Accounting",
+    "BatchProgress",
     "Deliveries",
     "Delivery",
     "DeliveryState",
@@ -67,6 +75,7 @@ __all__ = [
     "Leases",
     "NewDelivery",
     "RejectedCallback",
+    "Retention",
     "Storage",
     "StorageUnavailable",
     "StoreClosed",

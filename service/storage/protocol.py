@@ -33,6 +33,31 @@ class RejectedCallback:
     body: bytes
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far the reconciler got through one batch's media jobs, kept so that a pass (on any
+    replica, after any restart) asks CI only for what is new."""
+
+    cirelay_job_id: str
+    batch_id: str
+    # The NextToken to list with next: the one the last page answered, or, when that page was the
+    # last (no NextToken), the one it was asked with, so that media jobs added since are seen.
+    page_token: str = ""
+    # The batch had ended before its last page was read: every media job of it is recorded.
+    complete: bool = False
+    # A sweep over the listing for events still missing once the batch ended: where it resumes
+    # (None: no sweep under way).
+    sweep_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """A batch's recorded media jobs: how many, and how many still miss their TaskFinish."""
+
+    recorded: int
+    missing: int
+
+
 class EventLog(Protocol):
     # --- writes -----------------------------------------------------------------------------
     async def store(self, events: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -49,16 +74,39 @@ class EventLog(Protocol):
         message: str,
         content_type: str,
         body: bytes,
+        size: int | None = None,
     ) -> None:
-        """Keep a refused delivery (body cut to the configured size) for replay after a fix."""
+        """Keep a refused delivery (body cut to the configured size, the oldest dropped beyond
+        the configured count and total bytes) for replay after a fix. ``size``: the bytes that
+        arrived, when ``body`` is already a prefix of them."""
         ...
 
-    async def link_job(
-        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
-    ) -> int:
-        """Attach events to their batch and job: the job's own events that lacked the batch id,
-        and events of the batch's media jobs that came without a per-job token. Existing links
-        are kept. Returns rows changed."""
+    # --- batch reconciliation ----------------------------------------------------------------
+    # An event that came without a per-job token (static token, Pulsar) is attached to its job by
+    # its media job id, through the media jobs the reconciler recorded: by ``store`` in the
+    # statement that inserts it when the media job is already known, by ``record_listing`` for
+    # events stored before, and by ``unaccounted`` for any that an insert running at the very
+    # moment of the recording left unattached (possible on PostgreSQL, whose statements see
+    # what was committed when they began): BatchFinish follows ``unaccounted``, never precedes it.
+
+    async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None: ...
+
+    async def record_listing(
+        self, progress: BatchProgress, media_job_ids: Sequence[str]
+    ) -> set[str]:
+        """In one transaction: remember these media jobs as the batch's (again is harmless),
+        attach their stored events, save ``progress``. Returns those of them still missing an
+        attached TaskFinish."""
+        ...
+
+    async def unaccounted(self, cirelay_job_id: str, batch_id: str) -> Accounting:
+        """Attach every stored event of the job's recorded media jobs (and give its own events
+        the batch id), then count the media jobs still missing an attached TaskFinish."""
+        ...
+
+    async def missing_media(self, cirelay_job_id: str, *, after: str, limit: int) -> list[str]:
+        """Recorded media jobs found missing their TaskFinish by ``unaccounted``, by id, after
+        ``after``."""
         ...
 
     async def reattribute(
@@ -82,8 +130,14 @@ class EventLog(Protocol):
         id or CI's JobId (the media job's; the batch's for BatchFinish)."""
         ...
 
-    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
-        """Every event of one of our jobs, oldest first."""
+    async def for_job(
+        self, cirelay_job_id: str, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The events of one of our jobs, oldest first (the first ``limit`` of them)."""
+        ...
+
+    async def count_for_job(self, cirelay_job_id: str) -> int:
+        """How many events one of our jobs has."""
         ...
 
     async def has_events(self, cirelay_job_id: str) -> bool: ...
@@ -267,6 +321,27 @@ class Deliveries(Protocol):
     async def oldest_pending_created_at(self) -> float | None: ...
 
 
+class Retention(Protocol):
+    """Deleting what is past the retention period, a small transaction at a time, so that the
+    writes of intake and ingestion interleave with it instead of waiting behind it."""
+
+    async def prune_jobs(self, *, finished_before: float, limit: int) -> dict[str, int]:
+        """One step over jobs that ended (any final state) before ``finished_before`` (epoch
+        seconds): delete up to ``limit`` of their events (with their outbox entries), then of
+        their recorded media jobs, then the jobs themselves (with their idempotency keys) once
+        nothing of theirs is left. Rows deleted by table; empty when nothing is left to do."""
+        ...
+
+    async def prune_unattached_events(self, *, received_before: str, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events attached to no job, received before
+        ``received_before`` (RFC 3339 UTC); how many."""
+        ...
+
+    async def prune_rejected(self, *, received_before: str, limit: int) -> int:
+        """Delete up to ``limit`` refused bodies received before ``received_before``; how many."""
+        ...
+
+
 class Storage(Protocol):
     """One backend's tables, opened and migrated together."""
 
@@ -286,6 +361,9 @@ class Storage(Protocol):
 
     @property
     def deliveries(self) -> Deliveries: ...
+
+    @property
+    def retention(self) -> Retention: ...
 
     async def ping(self) -> None:
         """A write round trip; raises ``StorageUnavailable`` when the database cannot take one."""

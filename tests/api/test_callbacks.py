@@ -270,6 +270,17 @@ HOSTILE: list[tuple[str, bytes, str, str]] = [
         "missing_jobs_detail",
     ),
     (
+        "task_finish_with_too_many_jobs_detail",
+        b"<Response><EventName>TaskFinish</EventName>"
+        + b"".join(
+            b"<JobsDetail><JobId>j%d</JobId><State>Success</State></JobsDetail>" % n
+            for n in range(101)
+        )
+        + b"</Response>",
+        "application/xml",
+        "too_many_events",
+    ),
+    (
         "task_finish_empty_jobs_detail",
         b"<Response><EventName>TaskFinish</EventName><JobsDetail/></Response>",
         "application/xml",
@@ -357,6 +368,11 @@ async def test_oversized_body_is_413_and_its_head_kept(
     [kept] = await client.app[EVENT_STORE].rejected()
     assert kept.reason == "body_too_large"
     assert kept.body == body[:100]
+    # The size that came, not the size kept: declared, or as far as reading went when chunked.
+    if chunked:
+        assert 4096 < kept.body_bytes <= len(body)
+    else:
+        assert kept.body_bytes == len(body)
     registry = client.app[METRICS].registry
     assert (
         sample(registry, "cirelay_events_rejected_total", source="http", reason="body_too_large")
@@ -478,9 +494,13 @@ async def test_a_callback_with_more_entries_than_the_bound_is_refused_naming_it(
     assert (await resp.json())["new"] == 3
 
 
-async def test_a_big_callback_is_parsed_off_the_loop_and_stored_whole(cb_client: Client) -> None:
+async def test_a_big_callback_is_parsed_off_the_loop_and_stored_whole(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    settings = events_settings(tmp_path, CIRELAY_MAX_EVENTS_PER_CALLBACK="400")
+    client = await aiohttp_client(create_app(settings))
     body = many_details(400)
     assert len(body) > 64 * 1024  # past the size parsed in a worker thread
-    resp = await cb_client.post(f"/v1/callbacks/{STATIC_TOKEN}", data=body)
+    resp = await client.post(f"/v1/callbacks/{STATIC_TOKEN}", data=body)
     assert resp.status == 200
     assert (await resp.json())["new"] == 400

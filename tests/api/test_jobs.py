@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.appkeys import METRICS, QUEUE
+from service.appkeys import EVENT_STORE, METRICS, QUEUE
 from service.queue import JobError
 from service.settings import Settings
 from tests.queue.samples import BUCKET, REGION, request_json, request_tree, request_xml
@@ -451,3 +451,33 @@ async def test_a_request_whose_xml_form_is_over_cis_limit_is_422_naming_it(
     # Under the limit in its XML form too: accepted.
     status, body = await post_job(api, auth, request_json(UserData="a" * 400_000))
     assert status == 202
+
+
+async def test_a_job_embeds_its_first_100_events_and_links_its_feed_for_the_rest(
+    api: Client, auth: dict[str, str]
+) -> None:
+    _, job = await post_job(api, auth, request_json())
+    events = [
+        {
+            "event_id": f"e{n:03d}",
+            "event_type": "TaskFinish",
+            "source": "http",
+            "format": "xml",
+            "job_id": f"j{n:03d}",
+            "batch_id": None,
+            "cirelay_job_id": job["id"],
+            "received_at": "2024-01-01T00:00:00Z",
+            "state": "Success",
+        }
+        for n in range(150)
+    ]
+    await api.app[EVENT_STORE].store(events)
+    read = await (await api.get(f"/v1/jobs/{job['id']}", headers=auth)).json()
+    assert [e["event_id"] for e in read["events"]] == [f"e{n:03d}" for n in range(100)]
+    assert read["events_count"] == 150
+    feed = await (await api.get(read["events_feed"], headers=auth)).json()
+    assert len(feed["events"]) == 100
+    rest = await api.get(read["events_feed"] + f"&after={feed['next_cursor']}", headers=auth)
+    assert [e["event_id"] for e in (await rest.json())["events"]] == [
+        f"e{n:03d}" for n in range(100, 150)
+    ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import overload
 
 import pytest
 
@@ -13,7 +16,7 @@ from service.emulator.app import check_emulator
 from service.emulator.auth import Target, parse_credentials, parse_host
 from service.emulator.documents import task_finish
 from service.emulator.expand import BucketFile, numbered, select_files, synthetic_keys
-from service.emulator.listing import DEFAULT_SIZE, parse_page
+from service.emulator.listing import DEFAULT_SIZE, paginate, parse_page
 from service.emulator.records import Batch, MediaJob
 from service.emulator.responses import CIError
 from service.emulator.spec import BatchSpec, OutputSpec, spec_from_request
@@ -172,7 +175,7 @@ def test_records_round_trip_through_json() -> None:
     )
     spec = spec_from_request(request)
     created = datetime(2022, 6, 30, 18, 47, 18, tzinfo=CST)
-    batch = Batch("b1", "bucket-1", "ap-guangzhou", 1, spec, created, media_job_ids=["j1"])
+    batch = Batch("b1", "bucket-1", "ap-guangzhou", 1, spec, created)
     job = MediaJob(
         "j1",
         "b1",
@@ -192,3 +195,46 @@ def test_records_round_trip_through_json() -> None:
     assert spec.wants_callback
     assert Batch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
     assert MediaJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+@dataclass(frozen=True)
+class Listed:
+    seq: int
+    state: str
+    creation_time: datetime
+
+
+class CountingList(Sequence[Listed]):
+    """100,000 items in seq order that count how many of them a page reads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> Listed: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Listed]: ...
+    def __getitem__(self, index: int | slice) -> Listed | Sequence[Listed]:
+        if isinstance(index, slice):
+            raise TypeError("paging never slices")
+        self.reads += 1
+        return Listed(index + 1, "Success", datetime(2022, 6, 30, tzinfo=CST))
+
+
+@pytest.mark.parametrize("order", ["Asc", "Desc"])
+def test_a_page_reads_its_own_items_not_the_whole_list(order: str) -> None:
+    items = CountingList(100_000)
+    first, token = paginate(items, parse_page({"size": "100", "orderByTime": order}))
+    assert len(first) == 100
+    assert token
+    second, _ = paginate(
+        items, parse_page({"size": "100", "orderByTime": order, "nextToken": token})
+    )
+    step = 1 if order == "Asc" else -1
+    assert second[0].seq == first[-1].seq + step
+    # Two pages of 100 (and the one after each that says there is more), plus a bisection.
+    assert items.reads <= 2 * 101 + 2 * 17

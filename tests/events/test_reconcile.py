@@ -33,8 +33,8 @@ from service.ci.signing import Credentials
 from service.emulator.app import create_emulator_app
 from service.emulator.jobs import Engine
 from service.emulator.keys import ENGINE
+from service.events.reconcile import CALLS_PER_PASS, PAGE_SIZE, Reconciler
 from service.queue import JobRecord
-from service.reconcile import Reconciler
 from service.tokens import callback_token
 from tests.events.support import API_TOKEN, STATIC_TOKEN, events_settings, sample
 
@@ -125,18 +125,20 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[Client]]
+    tmp_path: Path, storage_url: str, aiohttp_client: Callable[..., Awaitable[Client]]
 ) -> AsyncIterator[RigFactory]:
     runners: list[web.AppRunner] = []
 
     async def factory(**emulator: Any) -> Rig:
         emulator_settings = events_settings(tmp_path).replace(
-            emulator_credentials=f"{SECRET_ID}:{SECRET_KEY}",
-            emulator_job_seconds=0.02,
-            emulator_objects_per_prefix=3,
-            emulator_seed=11,
-            emulator_callback_retry_seconds=0.01,
-            **emulator,
+            **{
+                "emulator_credentials": f"{SECRET_ID}:{SECRET_KEY}",
+                "emulator_job_seconds": 0.02,
+                "emulator_objects_per_prefix": 3,
+                "emulator_seed": 11,
+                "emulator_callback_retry_seconds": 0.01,
+                **emulator,
+            }
         )
         emulator_app = create_emulator_app(emulator_settings)
         runner = web.AppRunner(emulator_app)
@@ -146,7 +148,7 @@ async def make_rig(
         await site.start()
         emulator_port = runner.addresses[0][1]
         port = unused_port()
-        settings = events_settings(tmp_path).replace(
+        settings = events_settings(tmp_path, CIRELAY_DATABASE_URL=storage_url).replace(
             public_url=f"http://127.0.0.1:{port}",
             ci_endpoint=f"http://127.0.0.1:{emulator_port}",
             ci_secret_id=SECRET_ID,
@@ -161,11 +163,9 @@ async def make_rig(
         clock = Clock()
         app = client.app
         reconciler = Reconciler(
-            app[QUEUE],
-            app[CI_CLIENT],
-            app[EVENT_STORE],
-            app[STORAGE].leases,
             app[EVENT_PIPELINE],
+            app[CI_CLIENT],
+            app[STORAGE].leases,
             app[METRICS],
             interval=1.0,
             grace=GRACE,
@@ -353,11 +353,9 @@ async def test_unknown_batches_and_unreachable_ci_leave_jobs_alone(
         )
         app = rig.app
         broken = Reconciler(
-            app[QUEUE],
-            offline,
-            app[EVENT_STORE],
-            app[STORAGE].leases,
             app[EVENT_PIPELINE],
+            offline,
+            app[STORAGE].leases,
             app[METRICS],
             interval=1.0,
             grace=GRACE,
@@ -366,6 +364,132 @@ async def test_unknown_batches_and_unreachable_ci_leave_jobs_alone(
         await broken.reconcile_once()
     assert (await rig.job(job.id)).state == "running"
     assert counts(await rig.events(job.id)) == {("TaskFinish", "http"): 1}
+
+
+def ci_calls(rig: Rig, operation: str) -> float:
+    return rig.metric("cirelay_ci_requests_total", operation=operation, status="200")
+
+
+async def test_a_pass_asks_ci_only_for_what_is_new_and_resumes_where_it_stopped(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(emulator_objects_per_prefix=250)
+    rig.engine.pause()  # the batch waits, Submitted, with its 250 media jobs listed at CI
+    job = await rig.submit()
+
+    await rig.reconcile(past_grace=False)  # the batch, then its 3 pages
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (1, 3)
+
+    # A fresh reconciler (as after a restart) carries on from the recorded progress: the batch
+    # and its last page again, nothing before it.
+    app = rig.app
+    restarted = Reconciler(
+        app[EVENT_PIPELINE],
+        app[CI_CLIENT],
+        app[STORAGE].leases,
+        app[METRICS],
+        interval=1.0,
+        grace=GRACE,
+        concurrency=4,
+        clock=rig.clock,
+    )
+    await restarted.reconcile_once()
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, 4)
+
+    rig.engine.resume()
+    await rig.settle()
+    await rig.reconcile(past_grace=False)  # ended: the last page once more, then finished
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, 5)
+    assert ci_calls(rig, "get_media_jobs") == 0
+    events = await rig.events(job.id)
+    assert counts(events) == {("TaskFinish", "http"): 250, ("BatchFinish", "poll"): 1}
+    assert (await rig.job(job.id)).state == "succeeded"
+
+
+async def test_many_missing_callbacks_are_swept_by_listing_the_batch_once_more(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(emulator_objects_per_prefix=150, emulator_drop_rate=1.0)
+    job = await rig.submit()
+    await rig.settle()
+    await rig.reconcile(past_grace=False)  # listed (2 pages), all 150 missing: wait for grace
+    assert await rig.events(job.id) == []
+    assert ci_calls(rig, "list_media_jobs") == 2
+
+    await rig.reconcile(past_grace=True)  # 150 by id would be 15 calls: 2 pages instead
+    assert ci_calls(rig, "list_media_jobs") == 4
+    assert ci_calls(rig, "get_media_jobs") == 0
+    events = await rig.events(job.id)
+    assert counts(events) == {("TaskFinish", "poll"): 150, ("BatchFinish", "poll"): 1}
+    assert events[-1]["event_type"] == "BatchFinish"
+    assert (await rig.job(job.id)).state == "succeeded"
+
+
+async def test_an_event_stored_between_a_pass_linking_and_checking_ends_attached(
+    make_rig: RigFactory,
+) -> None:
+    """The race of issue 12: a TaskFinish without a job token (TDMQ, static token) stored after
+    a pass recorded and linked the batch's media jobs, before it checked them."""
+    rig = await make_rig(emulator_drop_rate=1.0)
+    job = await rig.submit()
+    await rig.settle()
+    listing = await rig.app[CI_CLIENT].list_media_jobs(
+        BUCKET, REGION, tag="Transcode", inventory_trigger_job_id=job.ci_job_id or "", size=100
+    )
+    first, *others = listing.jobs
+
+    pipeline = rig.app[EVENT_PIPELINE]
+    record_listing = pipeline.record_listing
+
+    async def deliver_after_recording(progress: Any, media_job_ids: list[str]) -> set[str]:
+        missing = await record_listing(progress, media_job_ids)
+        if media_job_ids:  # the batch's page is recorded and linked; the check comes next
+            body = {"Response": {"EventName": "TaskFinish", "JobsDetail": [first]}}
+            resp = await rig.client.post(f"/v1/callbacks/{STATIC_TOKEN}", json=body)
+            assert resp.status == 200
+        return missing
+
+    pipeline.record_listing = deliver_after_recording  # type: ignore[method-assign]
+    try:
+        await rig.reconcile(past_grace=False)
+    finally:
+        pipeline.record_listing = record_listing  # type: ignore[method-assign]
+    # Two media jobs still lack an event within the grace: no BatchFinish yet.
+    assert counts(await rig.events(job.id)) == {("TaskFinish", "http"): 1}
+    assert (await rig.job(job.id)).state == "running"
+
+    for detail in others:  # the rest come late, after the pass, through the same token
+        body = {"Response": {"EventName": "TaskFinish", "JobsDetail": [detail]}}
+        resp = await rig.client.post(f"/v1/callbacks/{STATIC_TOKEN}", json=body)
+        assert resp.status == 200
+    await rig.reconcile(past_grace=False)
+    events = await rig.events(job.id)
+    assert counts(events) == {("TaskFinish", "http"): 3, ("BatchFinish", "poll"): 1}
+    assert events[-1]["event_type"] == "BatchFinish"
+    assert {(e["cirelay_job_id"], e["batch_id"]) for e in events} == {(job.id, job.ci_job_id)}
+    assert (await rig.job(job.id)).state == "succeeded"
+
+    # A redelivery after the end (Pulsar, a late callback) is a duplicate; a new event of a media
+    # job of the finished batch is attached as it is stored.
+    body = {"Response": {"EventName": "TaskFinish", "JobsDetail": [{**first, "State": "Failed"}]}}
+    resp = await rig.client.post(f"/v1/callbacks/{STATIC_TOKEN}", json=body)
+    assert (await resp.json())["new"] == 1
+    assert len(await rig.events(job.id)) == 5
+
+
+async def test_a_pass_reads_at_most_its_share_of_pages_and_the_next_carries_on(
+    make_rig: RigFactory,
+) -> None:
+    pages = CALLS_PER_PASS + 5
+    rig = await make_rig(emulator_objects_per_prefix=pages * PAGE_SIZE)
+    rig.engine.pause()
+    await rig.submit()
+    await rig.reconcile(past_grace=False)
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (1, CALLS_PER_PASS)
+    await rig.reconcile(past_grace=False)  # the 5 pages left, the last one among them
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (2, pages)
+    await rig.reconcile(past_grace=False)  # only the last page again
+    assert (ci_calls(rig, "get"), ci_calls(rig, "list_media_jobs")) == (3, pages + 1)
 
 
 async def test_a_callback_under_another_jobs_token_is_refused_once_ci_listed_the_media_job(

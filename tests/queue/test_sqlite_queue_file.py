@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.storage.sqlite.database import Database
-from service.storage.sqlite.queue import SQLiteJobQueue
+from service.storage.sqlite.queue import MIGRATIONS, SQLiteJobQueue
 from tests.queue.samples import make_job
 
 T0 = 1_700_000_000.0
@@ -64,7 +64,7 @@ async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
     async with db.exclusive() as conn:
         cur = await conn.execute("SELECT version FROM schema_migrations WHERE component = 'queue'")
         rows = await cur.fetchall()
-    assert [r[0] for r in rows] == [1]
+    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
 
 
 async def test_the_claim_uses_the_priority_index(

@@ -160,31 +160,20 @@ async def test_feed_pages_across_transactions(storage: Storage) -> None:
     assert seen == [f"t{i}{part}" for i in range(5) for part in "ab"]
 
 
-async def test_link_job_fills_missing_links_only(storage: Storage) -> None:
-    store = storage.events
-    await store.store(
-        [
-            event("own", cirelay_job_id="job1", job_id="m1"),  # token known, batch not yet
-            event("static", job_id="m2"),  # came without a per-job token
-            event("other", job_id="m9", cirelay_job_id="job9", batch_id="b9"),
-        ]
-    )
-    assert await store.link_job("job1", "b1", ["m2", "m9", "m-unknown"]) == 2
-    events = {e["event_id"]: e for e in await store.for_job("job1")}
-    assert set(events) == {"own", "static"}
-    assert all(e["batch_id"] == "b1" for e in events.values())
-    [(_, other)] = await store.feed(job_id="job9")
-    assert (other["batch_id"], other["cirelay_job_id"]) == ("b9", "job9")
-    assert await store.has_events("job1")
-    assert not await store.has_events("nobody")
-    assert await store.link_job("job1", "b1", []) == 0
+async def test_has_events(storage: Storage) -> None:
+    await storage.events.store([event("own", cirelay_job_id="job1")])
+    assert await storage.events.has_events("job1")
+    assert not await storage.events.has_events("nobody")
 
 
 async def test_for_job_oldest_first(storage: Storage) -> None:
     for name in ("x", "a", "m"):
         await storage.events.store([event(name, cirelay_job_id="job1")])
     assert [e["event_id"] for e in await storage.events.for_job("job1")] == ["x", "a", "m"]
+    assert [e["event_id"] for e in await storage.events.for_job("job1", limit=2)] == ["x", "a"]
+    assert await storage.events.count_for_job("job1") == 3
     assert await storage.events.for_job("nobody") == []
+    assert await storage.events.count_for_job("nobody") == 0
 
 
 async def test_job_ids_with(storage: Storage) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from service.queue import JobQueue
 from service.storage import Storage, StorageUnavailable, open_storage
-from service.storage.postgres.queue import CLAIM
+from service.storage.postgres.queue import CLAIM, MIGRATIONS
 from tests.postgres_server import PostgresServer
 from tests.queue.rig import until
 from tests.queue.samples import make_job
@@ -49,7 +49,7 @@ async def test_replicas_starting_at_once_migrate_once(
     versions = await sql.fetch(
         "SELECT version FROM schema_migrations WHERE component = 'queue' ORDER BY version"
     )
-    assert [r["version"] for r in versions] == [1]
+    assert [r["version"] for r in versions] == [m.version for m in MIGRATIONS]
     job, _ = await replicas[0].queue.enqueue(make_job(), now=T0)
     assert await replicas[1].queue.get(job.id) == job
 

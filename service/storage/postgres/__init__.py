@@ -7,6 +7,7 @@ from service.storage.postgres.deliveries import PostgresDeliveries
 from service.storage.postgres.events import PostgresEventLog
 from service.storage.postgres.leases import PostgresLeases
 from service.storage.postgres.queue import PostgresJobQueue
+from service.storage.postgres.retention import PostgresRetention
 
 
 class PostgresStorage:
@@ -25,6 +26,7 @@ class PostgresStorage:
         self.events = events
         self.leases = leases
         self.deliveries = deliveries
+        self.retention = PostgresRetention(db)
 
     @classmethod
     async def open(
@@ -35,6 +37,7 @@ class PostgresStorage:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> PostgresStorage:
         db = await Database.open(url, pool_size=pool_size)
         try:
@@ -44,6 +47,7 @@ class PostgresStorage:
                 outbox=outbox,
                 rejected_body_max_bytes=rejected_body_max_bytes,
                 rejected_max_count=rejected_max_count,
+                rejected_max_bytes=rejected_max_bytes,
             )
             leases = await PostgresLeases.open(db)
             deliveries = await PostgresDeliveries.open(db)

@@ -40,7 +40,13 @@ import orjson
 
 from service.storage.groupcommit import GroupCommit
 from service.storage.postgres.database import Database, Migration
-from service.storage.protocol import FEED_START, FeedPosition, RejectedCallback
+from service.storage.protocol import (
+    FEED_START,
+    Accounting,
+    BatchProgress,
+    FeedPosition,
+    RejectedCallback,
+)
 
 MIGRATIONS = (
     Migration(
@@ -79,6 +85,27 @@ MIGRATIONS = (
         )
         """,
     ),
+    Migration(
+        2,
+        """
+        CREATE TABLE batch_media (
+            media_job_id TEXT PRIMARY KEY,
+            cirelay_job_id TEXT NOT NULL,
+            batch_id TEXT NOT NULL,
+            accounted BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        CREATE INDEX batch_media_open ON batch_media (cirelay_job_id, accounted, media_job_id);
+        CREATE TABLE batch_progress (
+            cirelay_job_id TEXT PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            page_token TEXT NOT NULL,
+            complete BOOLEAN NOT NULL,
+            sweep_token TEXT
+        );
+        -- Retention walks the events attached to no job, oldest first.
+        CREATE INDEX events_unattached ON events (seq) WHERE cirelay_job_id IS NULL
+        """,
+    ),
 )
 
 # One statement text for every batch size (arrays, not a VALUES list per size). ``numbered``
@@ -97,9 +124,11 @@ WITH input AS (
 )
 INSERT INTO events (seq, event_id, event_type, source, format, job_id, batch_id,
                     cirelay_job_id, received_at, unpublished, body)
-SELECT n.seq, i.event_id, i.event_type, i.source, i.format, i.job_id, i.batch_id,
-       i.cirelay_job_id, i.received_at, $10::boolean, i.body
+SELECT n.seq, i.event_id, i.event_type, i.source, i.format, i.job_id,
+       COALESCE(i.batch_id, m.batch_id), COALESCE(i.cirelay_job_id, m.cirelay_job_id),
+       i.received_at, $10::boolean, i.body
 FROM input i JOIN numbered n USING (ord)
+     LEFT JOIN batch_media m ON m.media_job_id = i.job_id AND i.cirelay_job_id IS NULL
 ORDER BY i.event_id, i.ord
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
@@ -141,11 +170,13 @@ class PostgresEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> None:
         self._db = db
         self._outbox = outbox
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
+        self._rejected_max_bytes = rejected_max_bytes
         self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
             self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
         )
@@ -158,6 +189,7 @@ class PostgresEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int = 64 * 1024 * 1024,  # CIRELAY_REJECTED_MAX_BYTES's default
     ) -> PostgresEventLog:
         """Migrate the schema. ``outbox``: mark new events for a publisher."""
         await db.migrate("events", MIGRATIONS)
@@ -166,6 +198,7 @@ class PostgresEventLog:
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
 
     async def close(self) -> None:
@@ -188,6 +221,7 @@ class PostgresEventLog:
         message: str,
         content_type: str,
         body: bytes,
+        size: int | None = None,
     ) -> None:
         row = (
             received_at,
@@ -195,7 +229,7 @@ class PostgresEventLog:
             _text(reason),
             _text(message),
             _text(content_type),
-            len(body),
+            len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
         await self._writes.submit(_RejectWrite(row))
@@ -219,6 +253,13 @@ class PostgresEventLog:
                     " WHERE id <= (SELECT MAX(id) FROM rejected_callbacks) - $1",
                     self._rejected_max_count,
                 )
+                # The newest bodies whose kept bytes add up to the bound stay.
+                await conn.execute(
+                    "DELETE FROM rejected_callbacks WHERE id <= (SELECT MAX(id) FROM"
+                    " (SELECT id, SUM(octet_length(body)) OVER (ORDER BY id DESC) AS total"
+                    "  FROM rejected_callbacks) AS kept WHERE total > $1)",
+                    self._rejected_max_bytes,
+                )
         results: list[list[bool] | Exception] = []
         for write in batch:
             flags = []
@@ -230,30 +271,109 @@ class PostgresEventLog:
             results.append(flags)
         return results
 
-    # --- linking (the reconciler) -----------------------------------------------------------
+    # --- batch reconciliation ---------------------------------------------------------------
+    # An insert attaches an event to a media job recorded before its statement began; the
+    # recording attaches events committed before its own statements. An insert running at the
+    # very moment a page is recorded can miss both: ``unaccounted`` attaches every such event of
+    # the job again before anything is counted, so BatchFinish never goes out without it.
 
-    async def link_job(
-        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
-    ) -> int:
-        """Attach events to their batch and job: the job's own events that lacked the batch id
-        (a callback faster than the submitter's record), and events of the batch's media jobs
-        that came without a per-job token. Existing links are kept. Returns rows changed."""
+    async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT cirelay_job_id, batch_id, page_token, complete, sweep_token"
+                " FROM batch_progress WHERE cirelay_job_id = $1",
+                cirelay_job_id,
+            )
+        return None if row is None else BatchProgress(*row)
+
+    async def record_listing(
+        self, progress: BatchProgress, media_job_ids: Sequence[str]
+    ) -> set[str]:
+        job, batch = progress.cirelay_job_id, progress.batch_id
+        ids = list(media_job_ids)
         async with self._db.transaction() as conn:
-            own = await conn.execute(
+            await conn.execute(
+                "INSERT INTO batch_media (media_job_id, cirelay_job_id, batch_id)"
+                " SELECT id, $2, $3 FROM unnest($1::text[]) AS id ORDER BY id"
+                " ON CONFLICT (media_job_id) DO NOTHING",
+                ids,
+                job,
+                batch,
+            )
+            await conn.execute(
+                "UPDATE events SET batch_id = COALESCE(batch_id, $2),"
+                " cirelay_job_id = COALESCE(cirelay_job_id, $3)"
+                " WHERE job_id = ANY($1::text[]) AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
+                ids,
+                batch,
+                job,
+            )
+            rows = await conn.fetch(
+                "UPDATE batch_media SET accounted = EXISTS (SELECT 1 FROM events e"
+                "  WHERE e.job_id = batch_media.media_job_id"
+                "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = $2)"
+                " WHERE media_job_id = ANY($1::text[]) AND NOT accounted AND cirelay_job_id = $2"
+                " RETURNING media_job_id, accounted",
+                ids,
+                job,
+            )
+            await conn.execute(
+                "INSERT INTO batch_progress"
+                " (cirelay_job_id, batch_id, page_token, complete, sweep_token)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cirelay_job_id) DO UPDATE SET"
+                " batch_id = excluded.batch_id, page_token = excluded.page_token,"
+                " complete = excluded.complete, sweep_token = excluded.sweep_token",
+                job,
+                batch,
+                progress.page_token,
+                progress.complete,
+                progress.sweep_token,
+            )
+        return {row["media_job_id"] for row in rows if not row["accounted"]}
+
+    async def unaccounted(self, cirelay_job_id: str, batch_id: str) -> Accounting:
+        job = cirelay_job_id
+        async with self._db.transaction() as conn:
+            # The job's own events that came before the submitter recorded its batch id.
+            await conn.execute(
                 "UPDATE events SET batch_id = $1 WHERE cirelay_job_id = $2 AND batch_id IS NULL",
                 batch_id,
-                cirelay_job_id,
+                job,
             )
-            media = await conn.execute(
-                "UPDATE events SET batch_id = COALESCE(batch_id, $1),"
-                " cirelay_job_id = COALESCE(cirelay_job_id, $2)"
-                " WHERE job_id = ANY($3::text[])"
-                " AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
-                batch_id,
-                cirelay_job_id,
-                list(media_job_ids),
+            # Every event of its media jobs still attached to nothing (few: found by index).
+            await conn.execute(
+                "UPDATE events e SET cirelay_job_id = m.cirelay_job_id,"
+                " batch_id = COALESCE(e.batch_id, m.batch_id) FROM batch_media m"
+                " WHERE e.cirelay_job_id IS NULL AND m.media_job_id = e.job_id"
+                " AND m.cirelay_job_id = $1",
+                job,
             )
-        return _row_count(own) + _row_count(media)
+            # Only media jobs not yet accounted for are looked at: a pass costs what is missing.
+            await conn.execute(
+                "UPDATE batch_media SET accounted = TRUE"
+                " WHERE cirelay_job_id = $1 AND NOT accounted AND EXISTS (SELECT 1 FROM events e"
+                "  WHERE e.job_id = batch_media.media_job_id"
+                "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = $1)",
+                job,
+            )
+            row = await conn.fetchrow(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE NOT accounted) FROM batch_media"
+                " WHERE cirelay_job_id = $1",
+                job,
+            )
+        assert row is not None  # an aggregate always answers one row
+        return Accounting(int(row[0]), int(row[1]))
+
+    async def missing_media(self, cirelay_job_id: str, *, after: str, limit: int) -> list[str]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT media_job_id FROM batch_media WHERE cirelay_job_id = $1 AND NOT accounted"
+                " AND media_job_id > $2 ORDER BY media_job_id LIMIT $3",
+                cirelay_job_id,
+                after,
+                limit,
+            )
+        return [row[0] for row in rows]
 
     async def reattribute(
         self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
@@ -297,13 +417,23 @@ class PostgresEventLog:
             rows = await conn.fetch(sql, *params)
         return [((int(row["xid"]), row["seq"]), _event(row)) for row in rows]
 
-    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
-        """Every event of one of our jobs, oldest first."""
+    async def for_job(
+        self, cirelay_job_id: str, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                f"{_EVENT_SELECT} WHERE cirelay_job_id = $1 ORDER BY xid, seq", cirelay_job_id
+                f"{_EVENT_SELECT} WHERE cirelay_job_id = $1 ORDER BY xid, seq LIMIT $2",
+                cirelay_job_id,
+                limit,  # NULL: no limit
             )
         return [_event(row) for row in rows]
+
+    async def count_for_job(self, cirelay_job_id: str) -> int:
+        async with self._db.connection() as conn:
+            count = await conn.fetchval(
+                "SELECT COUNT(*) FROM events WHERE cirelay_job_id = $1", cirelay_job_id
+            )
+        return int(count)
 
     async def has_events(self, cirelay_job_id: str) -> bool:
         async with self._db.connection() as conn:
@@ -424,11 +554,6 @@ def _event(row: asyncpg.Record) -> dict[str, Any]:
     event["batch_id"] = row["batch_id"]
     event["cirelay_job_id"] = row["cirelay_job_id"]
     return event
-
-
-def _row_count(status: str) -> int:
-    """Rows an ``UPDATE`` changed, from its command tag (``UPDATE 3``)."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def _rows(write: _Write) -> int:

@@ -7,6 +7,7 @@ from service.storage.sqlite.deliveries import SQLiteDeliveries
 from service.storage.sqlite.events import SQLiteEventLog
 from service.storage.sqlite.leases import SQLiteLeases
 from service.storage.sqlite.queue import SQLiteJobQueue
+from service.storage.sqlite.retention import SQLiteRetention
 
 
 class SQLiteStorage:
@@ -25,10 +26,17 @@ class SQLiteStorage:
         self.events = events
         self.leases = leases
         self.deliveries = deliveries
+        self.retention = SQLiteRetention(db)
 
     @classmethod
     async def open(
-        cls, path: str, *, outbox: bool, rejected_body_max_bytes: int, rejected_max_count: int
+        cls,
+        path: str,
+        *,
+        outbox: bool,
+        rejected_body_max_bytes: int,
+        rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> SQLiteStorage:
         db = await Database.open(path)
         try:
@@ -38,6 +46,7 @@ class SQLiteStorage:
                 outbox=outbox,
                 rejected_body_max_bytes=rejected_body_max_bytes,
                 rejected_max_count=rejected_max_count,
+                rejected_max_bytes=rejected_max_bytes,
             )
             leases = await SQLiteLeases.open(db)
             deliveries = await SQLiteDeliveries.open(db)

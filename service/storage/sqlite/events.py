@@ -20,7 +20,13 @@ import aiosqlite
 import orjson
 
 from service.storage.groupcommit import GroupCommit
-from service.storage.protocol import FEED_START, FeedPosition, RejectedCallback
+from service.storage.protocol import (
+    FEED_START,
+    Accounting,
+    BatchProgress,
+    FeedPosition,
+    RejectedCallback,
+)
 from service.storage.sqlite.database import Database, Migration, marks
 
 MIGRATIONS = (
@@ -55,19 +61,47 @@ MIGRATIONS = (
         )
         """,
     ),
+    Migration(
+        2,
+        """
+        CREATE TABLE batch_media (
+            media_job_id TEXT PRIMARY KEY,
+            cirelay_job_id TEXT NOT NULL,
+            batch_id TEXT NOT NULL,
+            accounted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX batch_media_open ON batch_media (cirelay_job_id, accounted, media_job_id);
+        CREATE TABLE batch_progress (
+            cirelay_job_id TEXT PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            page_token TEXT NOT NULL,
+            complete INTEGER NOT NULL,
+            sweep_token TEXT
+        )
+        """,
+    ),
 )
 
 _EVENT_COLUMNS = (
     "event_id, event_type, source, format, job_id, batch_id, cirelay_job_id, received_at,"
     " unpublished, body"
 )
-_EVENT_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# An event without its links takes them from the media job the reconciler recorded, in the
+# statement that inserts it (SQLite evaluates COALESCE lazily: no lookup when the link is known).
+_EVENT_MARKS = (
+    "(?, ?, ?, ?, ?,"
+    " COALESCE(?, (SELECT batch_id FROM batch_media WHERE media_job_id = ?)),"
+    " COALESCE(?, (SELECT cirelay_job_id FROM batch_media WHERE media_job_id = ?)),"
+    " ?, ?, ?)"
+)
 _INSERT_REJECTED = (
     "INSERT INTO rejected_callbacks (received_at, source, reason, message, content_type,"
     " body_bytes, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # SQLite's default limit on host parameters is far above this; chunks keep statements small.
 _IN_CHUNK = 500
+# Media jobs checked for their TaskFinish per transaction by ``unaccounted``.
+_ACCOUNT_SLICE = 2000
 # Events per INSERT: one statement per transaction, and few distinct statement texts to cache.
 _MAX_BATCH_ROWS = 64
 
@@ -93,11 +127,13 @@ class SQLiteEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int,
     ) -> None:
         self._db = db
         self._outbox = outbox
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
+        self._rejected_max_bytes = rejected_max_bytes
         self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
             self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
         )
@@ -110,6 +146,7 @@ class SQLiteEventLog:
         outbox: bool,
         rejected_body_max_bytes: int,
         rejected_max_count: int,
+        rejected_max_bytes: int = 64 * 1024 * 1024,  # CIRELAY_REJECTED_MAX_BYTES's default
     ) -> SQLiteEventLog:
         """Migrate the schema. ``outbox``: keep outbox rows for a publisher."""
         await db.migrate("events", MIGRATIONS)
@@ -118,6 +155,7 @@ class SQLiteEventLog:
             outbox=outbox,
             rejected_body_max_bytes=rejected_body_max_bytes,
             rejected_max_count=rejected_max_count,
+            rejected_max_bytes=rejected_max_bytes,
         )
 
     async def close(self) -> None:
@@ -141,6 +179,7 @@ class SQLiteEventLog:
         message: str,
         content_type: str,
         body: bytes,
+        size: int | None = None,
     ) -> None:
         row = (
             received_at,
@@ -148,7 +187,7 @@ class SQLiteEventLog:
             reason,
             message,
             content_type,
-            len(body),
+            len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
         await self._writes.submit(_RejectWrite(row))
@@ -177,6 +216,13 @@ class SQLiteEventLog:
                     " WHERE id <= (SELECT MAX(id) FROM rejected_callbacks) - ?",
                     (self._rejected_max_count,),
                 )
+                # The newest bodies whose kept bytes add up to the bound stay.
+                await conn.execute(
+                    "DELETE FROM rejected_callbacks WHERE id <= (SELECT MAX(id) FROM"
+                    " (SELECT id, SUM(LENGTH(body)) OVER (ORDER BY id DESC) AS total"
+                    "  FROM rejected_callbacks) WHERE total > ?)",
+                    (self._rejected_max_bytes,),
+                )
         results: list[list[bool] | Exception] = []
         for write in batch:
             flags = []
@@ -188,31 +234,130 @@ class SQLiteEventLog:
             results.append(flags)
         return results
 
-    # --- linking (the reconciler) -----------------------------------------------------------
+    # --- batch reconciliation ---------------------------------------------------------------
 
-    async def link_job(
-        self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
-    ) -> int:
-        """Attach events to their batch and job: the job's own events that lacked the batch id
-        (a callback faster than the submitter's record), and events of the batch's media jobs
-        that came without a per-job token. Existing links are kept. Returns rows changed."""
-        changed = 0
-        async with self._db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
-                (batch_id, cirelay_job_id),
+    async def batch_progress(self, cirelay_job_id: str) -> BatchProgress | None:
+        async with self._db.exclusive() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT cirelay_job_id, batch_id, page_token, complete, sweep_token"
+                    " FROM batch_progress WHERE cirelay_job_id = ?",
+                    (cirelay_job_id,),
+                )
             )
-            changed += cur.rowcount
-            for chunk in _chunks(list(media_job_ids)):
-                cur = await conn.execute(
+        if not rows:
+            return None
+        row = rows[0]
+        return BatchProgress(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    async def record_listing(
+        self, progress: BatchProgress, media_job_ids: Sequence[str]
+    ) -> set[str]:
+        job, batch = progress.cirelay_job_id, progress.batch_id
+        ids = list(media_job_ids)
+        missing: set[str] = set()
+        # One transaction: the write lock orders it against every event insert, so an event is
+        # either stored before (and attached here) or after (and attached by its insert).
+        async with self._db.transaction() as conn:
+            for chunk in _chunks(ids):
+                await conn.executemany(
+                    "INSERT INTO batch_media (media_job_id, cirelay_job_id, batch_id)"
+                    " VALUES (?, ?, ?) ON CONFLICT (media_job_id) DO NOTHING",
+                    [(media_id, job, batch) for media_id in chunk],
+                )
+                await conn.execute(
                     "UPDATE events SET batch_id = COALESCE(batch_id, ?),"
                     " cirelay_job_id = COALESCE(cirelay_job_id, ?)"
                     f" WHERE job_id IN ({marks(chunk)})"
                     " AND (batch_id IS NULL OR cirelay_job_id IS NULL)",
-                    (batch_id, cirelay_job_id, *chunk),
+                    (batch, job, *chunk),
                 )
-                changed += cur.rowcount
-        return changed
+                await conn.execute(
+                    "UPDATE batch_media SET accounted = 1"
+                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0"
+                    " AND cirelay_job_id = ? AND EXISTS (SELECT 1 FROM events e"
+                    "  WHERE e.job_id = batch_media.media_job_id"
+                    "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
+                    (*chunk, job, job),
+                )
+                rows = await conn.execute_fetchall(
+                    "SELECT media_job_id FROM batch_media"
+                    f" WHERE media_job_id IN ({marks(chunk)}) AND accounted = 0"
+                    " AND cirelay_job_id = ?",
+                    (*chunk, job),
+                )
+                missing.update(row[0] for row in rows)
+            await conn.execute(
+                "INSERT INTO batch_progress"
+                " (cirelay_job_id, batch_id, page_token, complete, sweep_token)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (cirelay_job_id) DO UPDATE SET"
+                " batch_id = excluded.batch_id, page_token = excluded.page_token,"
+                " complete = excluded.complete,"
+                " sweep_token = excluded.sweep_token",
+                (
+                    job,
+                    batch,
+                    progress.page_token,
+                    int(progress.complete),
+                    progress.sweep_token,
+                ),
+            )
+        return missing
+
+    async def unaccounted(self, cirelay_job_id: str, batch_id: str) -> Accounting:
+        job = cirelay_job_id
+        async with self._db.transaction() as conn:
+            # The job's own events that came before the submitter recorded its batch id.
+            await conn.execute(
+                "UPDATE events SET batch_id = ? WHERE cirelay_job_id = ? AND batch_id IS NULL",
+                (batch_id, job),
+            )
+            # Every event of its media jobs still attached to nothing (few: found by index).
+            await conn.execute(
+                "UPDATE events SET cirelay_job_id = m.cirelay_job_id,"
+                " batch_id = COALESCE(events.batch_id, m.batch_id) FROM batch_media AS m"
+                " WHERE events.cirelay_job_id IS NULL AND m.media_job_id = events.job_id"
+                " AND m.cirelay_job_id = ?",
+                (job,),
+            )
+        # Only media jobs not yet accounted for are looked at, a short transaction per slice:
+        # the first check of a large batch must not hold the one write lock for long.
+        after = ""
+        while True:
+            async with self._db.transaction() as conn:
+                rows = await conn.execute_fetchall(
+                    "SELECT media_job_id FROM batch_media WHERE cirelay_job_id = ?"
+                    " AND accounted = 0 AND media_job_id > ? ORDER BY media_job_id LIMIT ?",
+                    (job, after, _ACCOUNT_SLICE),
+                )
+                ids = [row[0] for row in rows]
+                if not ids:
+                    break
+                await conn.execute(
+                    "UPDATE batch_media SET accounted = 1 WHERE cirelay_job_id = ?"
+                    " AND accounted = 0 AND media_job_id > ? AND media_job_id <= ?"
+                    " AND EXISTS (SELECT 1 FROM events e WHERE e.job_id = batch_media.media_job_id"
+                    "  AND e.event_type = 'TaskFinish' AND e.cirelay_job_id = ?)",
+                    (job, after, ids[-1], job),
+                )
+            after = ids[-1]
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*), COALESCE(SUM(1 - accounted), 0) FROM batch_media"
+                " WHERE cirelay_job_id = ?",
+                (job,),
+            )
+            recorded, missing = (int(value) for value in next(iter(rows)))
+        return Accounting(recorded, missing)
+
+    async def missing_media(self, cirelay_job_id: str, *, after: str, limit: int) -> list[str]:
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT media_job_id FROM batch_media WHERE cirelay_job_id = ? AND accounted = 0"
+                " AND media_job_id > ? ORDER BY media_job_id LIMIT ?",
+                (cirelay_job_id, after, limit),
+            )
+        return [row[0] for row in rows]
 
     async def reattribute(
         self, cirelay_job_id: str, batch_id: str, media_job_ids: Iterable[str]
@@ -259,15 +404,23 @@ class SQLiteEventLog:
             rows = await conn.execute_fetchall(sql, (*params, limit))
         return [((0, row["seq"]), _event(row)) for row in rows]
 
-    async def for_job(self, cirelay_job_id: str) -> list[dict[str, Any]]:
-        """Every event of one of our jobs, oldest first."""
+    async def for_job(
+        self, cirelay_job_id: str, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         async with self._db.exclusive() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT batch_id, cirelay_job_id, body FROM events"
-                " WHERE cirelay_job_id = ? ORDER BY seq",
-                (cirelay_job_id,),
+                " WHERE cirelay_job_id = ? ORDER BY seq LIMIT ?",
+                (cirelay_job_id, -1 if limit is None else limit),
             )
         return [_event(row) for row in rows]
+
+    async def count_for_job(self, cirelay_job_id: str) -> int:
+        async with self._db.exclusive() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*) FROM events WHERE cirelay_job_id = ?", (cirelay_job_id,)
+            )
+        return int(next(iter(rows))[0])
 
     async def has_events(self, cirelay_job_id: str) -> bool:
         async with self._db.exclusive() as conn:
@@ -277,7 +430,6 @@ class SQLiteEventLog:
         return bool(list(rows))
 
     async def job_ids_with(self, event_type: str, job_ids: Iterable[str]) -> set[str]:
-        """Which of these CI JobIds already have an event of ``event_type``."""
         found: set[str] = set()
         async with self._db.exclusive() as conn:
             for chunk in _chunks(list(job_ids)):
@@ -370,7 +522,9 @@ def _event_row(event: Mapping[str, Any], unpublished: int | None) -> tuple[Any, 
         event.get("format"),
         event.get("job_id"),
         event.get("batch_id"),
+        event.get("job_id"),
         event.get("cirelay_job_id"),
+        event.get("job_id"),
         event["received_at"],
         unpublished,
         _dumps(event),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.storage import Storage, StorageUnavailable, open_storage
+from service.storage import BatchProgress, Storage, StorageUnavailable, open_storage
 from tests.postgres_server import PostgresServer
 from tests.storage.samples import event
 
@@ -35,9 +35,15 @@ def calls(storage: Storage, tag: str) -> dict[str, Callable[[], Awaitable[Any]]]
             content_type="application/xml",
             body=b"<",
         ),
-        "link_job": lambda: events.link_job("job1", "b1", [f"j-{tag}-stored"]),
+        "batch_progress": lambda: events.batch_progress("job1"),
+        "record_listing": lambda: events.record_listing(
+            BatchProgress("job1", "b1"), [f"j-{tag}-stored"]
+        ),
+        "unaccounted": lambda: events.unaccounted("job1", "b1"),
+        "missing_media": lambda: events.missing_media("job1", after="", limit=10),
         "feed": events.feed,
         "for_job": lambda: events.for_job("job1"),
+        "count_for_job": lambda: events.count_for_job("job1"),
         "has_events": lambda: events.has_events("job1"),
         "job_ids_with": lambda: events.job_ids_with("TaskFinish", ["m1"]),
         "rejected": events.rejected,
@@ -46,6 +52,13 @@ def calls(storage: Storage, tag: str) -> dict[str, Callable[[], Awaitable[Any]]]
         "outbox_done": lambda: events.outbox_done([1]),
         "acquire": lambda: leases.acquire("outbox", "r1", ttl=10, now=100),
         "release": lambda: leases.release("outbox", "r1"),
+        "prune_jobs": lambda: storage.retention.prune_jobs(finished_before=0, limit=10),
+        "prune_unattached_events": lambda: storage.retention.prune_unattached_events(
+            received_before="2000-01-01T00:00:00.000Z", limit=10
+        ),
+        "prune_rejected": lambda: storage.retention.prune_rejected(
+            received_before="2000-01-01T00:00:00.000Z", limit=10
+        ),
     }
 
 
