@@ -176,7 +176,11 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     storage = app[STORAGE]
     retainer = Retainer(
-        storage.retention, storage.leases, app[METRICS], days=settings.retention_days
+        storage.retention,
+        storage.leases,
+        app[METRICS],
+        days=settings.retention_days,
+        deliveries=storage.deliveries,
     )
     task = asyncio.create_task(retainer.run(), name="retention")
     yield

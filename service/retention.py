@@ -2,7 +2,8 @@
 
 Finished jobs (any final state) whose end is older than the period go, with their events (and
 outbox entries), the media jobs the reconciler recorded for them and their idempotency keys; so do
-events attached to no job and refused bodies older than the period. A job that has not finished
+events attached to no job, refused bodies, and webhook deliveries delivered or dead (with the
+callback bodies kept for them) older than the period. A job that has not finished
 stays, however old. Each step is one short transaction of at most ``STEP_ROWS`` rows, so intake
 and ingestion interleave with it rather than wait behind it.
 
@@ -22,14 +23,21 @@ import structlog
 
 from service.identity import process_owner
 from service.metrics import Metrics
-from service.storage import Leases, Retention
+from service.storage import Deliveries, Leases, Retention
 from service.timefmt import utc_text
 
 log = structlog.get_logger(__name__)
 
 STEP_ROWS = 500
 LEASE = "retention"
-TABLES = ("jobs", "events", "batch_media", "rejected_callbacks")
+TABLES = (
+    "jobs",
+    "events",
+    "batch_media",
+    "rejected_callbacks",
+    "deliveries",
+    "delivery_bodies",
+)
 _DAY = 86_400.0
 _MOST_SECONDS_BETWEEN_RUNS = 3_600.0
 _RUNS_PER_PERIOD = 10
@@ -50,10 +58,12 @@ class Retainer:
         days: float,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,  # who holds the lease; this process unless told (tests)
+        deliveries: Deliveries | None = None,  # webhook deliveries delivered or dead, and bodies
     ) -> None:
         if days <= 0:
             raise ValueError("retention needs a period of more than 0 days")
         self._retention = retention
+        self._deliveries = deliveries
         self._leases = leases
         self._metrics = metrics
         self._days = days
@@ -93,8 +103,13 @@ class Retainer:
         async def jobs() -> dict[str, int]:
             return await retention.prune_jobs(finished_before=cutoff, limit=STEP_ROWS)
 
+        async def deliveries() -> dict[str, int]:
+            if self._deliveries is None:
+                return {}
+            return await self._deliveries.prune(before=cutoff, limit=STEP_ROWS)
+
         pruned: Counter[str] = Counter()
-        for step in (jobs, unattached, rejected):
+        for step in (jobs, unattached, rejected, deliveries):
             while await self._hold():
                 deleted = await step()
                 if not deleted:

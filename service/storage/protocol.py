@@ -320,6 +320,13 @@ class Deliveries(Protocol):
 
     async def oldest_pending_created_at(self) -> float | None: ...
 
+    async def prune(self, *, before: float, limit: int) -> dict[str, int]:
+        """Retention, one step: delete up to ``limit`` delivered or dead deliveries created
+        before ``before`` and up to ``limit`` kept bodies kept before it (a body is copied into
+        its delivery at fan-out). Pending deliveries stay, however old. Rows deleted by table;
+        empty when nothing is left."""
+        ...
+
 
 class Retention(Protocol):
     """Deleting what is past the retention period, a small transaction at a time, so that the

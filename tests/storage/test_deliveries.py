@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from service.metrics import Metrics
+from service.retention import Retainer
 from service.storage import Storage
+from tests.events.support import sample
 from tests.storage.conftest import OpenBackend
 from tests.storage.samples import new_delivery as new
 
@@ -132,7 +135,48 @@ async def test_the_next_due_time_is_a_chain_heads(storage: Storage) -> None:
     assert await deliveries.next_due() == 70.0
 
 
+async def test_retention_prunes_finished_deliveries_and_old_bodies_never_pending_ones(
+    storage: Storage,
+) -> None:
+    deliveries = storage.deliveries
+    await deliveries.fan_out([new(1), new(2, job="job2"), new(3, job="job3")], (0, 3), now=10.0)
+    await deliveries.fan_out([new(4, job="job4")], (0, 4), now=500.0)
+    [one, two, four] = await deliveries.claim(
+        [new(1).id, new(2, job="job2").id, new(4, job="job4").id], "r1", now=600, lease_seconds=5
+    )
+    assert await deliveries.delivered(one.id, "r1", status=200, now=600.0)
+    assert await deliveries.failed(two.id, "r1", status=400, error="HTTP 400", retry_at=None)
+    assert await deliveries.delivered(four.id, "r1", status=200, now=600.0)
+    await deliveries.keep_body("ev1", "application/xml", b"<a/>", now=10.0)
+    await deliveries.keep_body("ev4", "application/xml", b"<b/>", now=500.0)
+    assert await deliveries.prune(before=100.0, limit=1) == {"deliveries": 1, "delivery_bodies": 1}
+    assert await deliveries.prune(before=100.0, limit=1) == {"deliveries": 1}
+    assert await deliveries.prune(before=100.0, limit=1) == {}
+    # The pending one (3) is kept however old; the newer delivered one (4) and its body too.
+    assert await deliveries.counts() == {"pending": 1, "delivered": 1, "dead": 0}
+    assert await deliveries.bodies(["ev1", "ev4"]) == {"ev4": ("application/xml", b"<b/>")}
+
+
 async def test_nothing_pending_has_no_due_time(storage: Storage) -> None:
     assert await storage.deliveries.next_due() is None
     assert await storage.deliveries.oldest_pending_created_at() is None
     assert await storage.deliveries.claim([], "r1", now=1.0, lease_seconds=5) == []
+
+
+async def test_the_retainer_prunes_deliveries_past_the_period(storage: Storage) -> None:
+    day = 86_400.0
+    await storage.deliveries.fan_out([new(1)], (0, 1), now=1.0)
+    [one] = await storage.deliveries.claim([new(1).id], "r1", now=1.0, lease_seconds=5)
+    assert await storage.deliveries.delivered(one.id, "r1", status=200, now=2.0)
+    metrics = Metrics()
+    retainer = Retainer(
+        storage.retention,
+        storage.leases,
+        metrics,
+        days=30,
+        clock=lambda: 31 * day,
+        deliveries=storage.deliveries,
+    )
+    assert await retainer.prune_once() == {"deliveries": 1}
+    assert await storage.deliveries.get(one.id) is None
+    assert sample(metrics.registry, "cirelay_retention_pruned_total", table="deliveries") == 1

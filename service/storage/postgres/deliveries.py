@@ -303,6 +303,25 @@ class PostgresDeliveries:
             )
         return None if value is None else float(value)
 
+    async def prune(self, *, before: float, limit: int) -> dict[str, int]:
+        async with self._db.transaction() as conn:
+            done = await conn.fetchval(
+                "WITH gone AS (DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries"
+                " WHERE state IN ('delivered', 'dead') AND created_at < $1 LIMIT $2)"
+                " RETURNING 1) SELECT COUNT(*) FROM gone",
+                before,
+                limit,
+            )
+            bodies = await conn.fetchval(
+                "WITH gone AS (DELETE FROM delivery_bodies WHERE event_id IN (SELECT event_id"
+                " FROM delivery_bodies WHERE kept_at < $1 LIMIT $2) RETURNING 1)"
+                " SELECT COUNT(*) FROM gone",
+                before,
+                limit,
+            )
+        deleted = {"deliveries": int(done), "delivery_bodies": int(bodies)}
+        return {table: rows for table, rows in deleted.items() if rows}
+
 
 def _delivery(row: asyncpg.Record) -> Delivery:
     return Delivery(

@@ -310,6 +310,21 @@ class SQLiteDeliveries:
             )
         return None if rows[0][0] is None else float(rows[0][0])
 
+    async def prune(self, *, before: float, limit: int) -> dict[str, int]:
+        async with self._db.transaction() as conn:
+            done = await conn.execute(
+                "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries"
+                " WHERE state IN ('delivered', 'dead') AND created_at < ? LIMIT ?)",
+                (before, limit),
+            )
+            bodies = await conn.execute(
+                "DELETE FROM delivery_bodies WHERE event_id IN (SELECT event_id"
+                " FROM delivery_bodies WHERE kept_at < ? LIMIT ?)",
+                (before, limit),
+            )
+            deleted = {"deliveries": done.rowcount, "delivery_bodies": bodies.rowcount}
+        return {table: rows for table, rows in deleted.items() if rows}
+
 
 def _delivery(row: aiosqlite.Row) -> Delivery:
     return Delivery(
