@@ -251,11 +251,7 @@ def _serve(kind: str, port: int, db: str, token_file: str) -> None:
         sys.exit(cli.main(["serve"]))
     configure_logging(settings)
     app = create_app(settings)
-    loop = (
-        uvloop.new_event_loop()
-        if os.environ.get("XLOOP") != "asyncio"
-        else asyncio.new_event_loop()
-    )
+    loop = uvloop.new_event_loop()  # as service.cli runs the app
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
