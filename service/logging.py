@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from service.accesslog import ACCESS_FIELDS
+from service.accesslog import ACCESS_FIELDS, AccessLog, JsonSink
 from service.redact import REDACTED, redact_path
 from service.settings import Settings
 
@@ -44,10 +44,10 @@ class Redactor:
             event[key] = REDACTED
         for key, value in event.items():
             if type(value) is str:
-                event[key] = self._scrub(value)
+                event[key] = self.scrub(value)
         return event
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         text = redact_path(text)
         for secret in self._values:
             if secret in text:
@@ -124,6 +124,7 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    redactor = Redactor(settings)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             *shared,
@@ -132,12 +133,13 @@ def configure_logging(settings: Settings) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            Redactor(settings),
+            redactor,
             renderer,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    AccessLog.sink = JsonSink(sys.stderr, handler.lock, redactor.scrub) if fmt == "json" else None
     handler.addFilter(RepeatLimiter(settings.log_repeat_window_seconds))
     root = logging.getLogger()
     root.handlers[:] = [handler]

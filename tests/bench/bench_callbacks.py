@@ -251,11 +251,7 @@ def _serve(kind: str, port: int, db: str, token_file: str) -> None:
         sys.exit(cli.main(["serve"]))
     configure_logging(settings)
     app = create_app(settings)
-    loop = (
-        uvloop.new_event_loop()
-        if os.environ.get("XLOOP") != "asyncio"
-        else asyncio.new_event_loop()
-    )
+    loop = uvloop.new_event_loop()  # as service.cli runs the app
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
@@ -355,12 +351,21 @@ def _stored(db: Path, table: str) -> int:
         return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (proc(5): fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     proc, port, token = _start_server(kind, workdir)
     try:
         url = f"http://127.0.0.1:{port}/v1/callbacks/{token}"
         warm = _wrk(url, sample, args.warmup, args.connections, f"w{port}", workdir)
+        cpu = _cpu_seconds(proc.pid)
         result = _wrk(url, sample, args.seconds, args.connections, f"r{port}", workdir)
+        # CPU time per answer: less at the mercy of other load on the machine than req/s.
+        result["cpu_us"] = (_cpu_seconds(proc.pid) - cpu) / max(result["requests"], 1) * 1e6
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -373,8 +378,9 @@ def _measure(kind: str, sample: Path, args: argparse.Namespace, workdir: Path) -
         table = "bodies" if kind == "floor" else "events"
         result["stored"] = _stored(workdir / f"{kind}-{port}.db", table)
     print(
-        f"{kind:8} {sample.name:13} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
-        f"  p99 {result['p99_ms']:6.2f} ms  non-2xx {result['non_2xx']}"
+        f"{kind:13} {sample.name:12} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:6.2f} ms  cpu {result['cpu_us']:5.0f} us/req"
+        f"  non-2xx {result['non_2xx']}"
         + (f"  answered {result['answered']} stored {result['stored']}" if durable else ""),
         flush=True,
     )

@@ -69,7 +69,7 @@ def measure(kind: str, sample: Path, requests: int, workdir: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--kinds", default="bare,peer,cirelay,cirelay-nolog")
+    parser.add_argument("--kinds", default="bare,cirelay,cirelay-nolog")
     parser.add_argument("--samples", default="compact.xml,compact.json,full.xml,full.json")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:

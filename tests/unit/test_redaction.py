@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from service.accesslog import LOGGER, AccessLog
 from service.app import create_app
 from service.logging import SECRET_KEYS, configure_logging
 from service.redact import redact_path
@@ -115,3 +118,32 @@ async def test_the_access_log_mode(
             )
     _, lines = log_lines(capsys)
     assert [line["status"] for line in lines if line.get("logger") == "aiohttp.access"] == logged
+
+
+@pytest.mark.parametrize("request_id", ["abc", "", '/v1/callbacks/tok"\n'])
+async def test_json_access_lines_are_what_the_log_formatter_renders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request_id: str
+) -> None:
+    # The JSON access line is rendered by the access logger itself (it is on every request's
+    # path): the same line as structlog's formatter gives, apart from its time.
+    settings = events_settings(tmp_path)
+    configure_logging(settings)
+    request = make_mocked_request("POST", f"/v1/callbacks/{STATIC_TOKEN}")
+    response = web.Response(status=201)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    logger = AccessLog(logging.getLogger(LOGGER), "")
+    capsys.readouterr()
+    logger.log(request, response, 0.0123456)
+    sink, AccessLog.sink = AccessLog.sink, None
+    try:
+        logger.log(request, response, 0.0123456)
+    finally:
+        AccessLog.sink = sink
+        structlog.contextvars.clear_contextvars()
+    _, (fast, formatted) = log_lines(capsys)
+    assert fast.pop("timestamp") <= formatted.pop("timestamp")
+    assert fast == formatted
+    assert fast["event"] == "POST /v1/callbacks/[redacted] 201"
+    assert STATIC_TOKEN not in json.dumps(fast)
