@@ -33,8 +33,9 @@ log = structlog.get_logger(__name__)
 
 # Spread of each scheduled delay: ±20 %, so deliveries that failed together do not retry together.
 JITTER = 0.2
-# Slack of a claim's lease beyond the attempt's own timeout.
-_LEASE_SLACK_SECONDS = 10.0
+# A claim's lease: twice the whole-attempt timeout (which includes connecting) and this slack for
+# recording the outcome, so a live attempt never outlasts its lease.
+_LEASE_SLACK_SECONDS = 5.0
 # Slots refilled at once: a quarter of the concurrency.
 _REFILL_FRACTION = 4
 # Longest a free slot waits for a batch to gather before it is refilled alone.
@@ -153,7 +154,7 @@ class Dispatcher:
         return self._config.per_destination
 
     def _lease_seconds(self) -> float:
-        return self._config.timeout + self._config.connect_timeout + _LEASE_SLACK_SECONDS
+        return 2 * self._config.timeout + _LEASE_SLACK_SECONDS
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 LEASE = "webhook-fanout"
 _PAGE = 500
 _JOB_CACHE_SIZE = 4096
+# The fan-out lease lasts this many intervals and is renewed every interval: a replica that died
+# holding it (kill -9) holds up fan-out elsewhere for a few seconds only.
+_LEASE_INTERVALS = 5
 
 
 def caller_callback(job: JobRecord) -> str | None:
@@ -140,14 +143,16 @@ class FanOut:
         every ``interval`` for other replicas' events), while holding the lease."""
         while True:
             try:
-                if await self._leases.acquire(
-                    LEASE, self._owner, ttl=max(30.0, 3 * self._interval), now=self._clock()
-                ):
-                    while await self.run_once() == _PAGE:
-                        pass
+                # Renewed before every page: a long backlog never outlasts the lease.
+                while await self._hold() and await self.run_once() == _PAGE:
+                    pass
             except Exception:  # the database went away: try again on the next round
                 log.exception("webhook_fanout_failed")
             await self.wake.wait(self._interval)
+
+    async def _hold(self) -> bool:
+        ttl = _LEASE_INTERVALS * self._interval
+        return await self._leases.acquire(LEASE, self._owner, ttl=ttl, now=self._clock())
 
     async def run_once(self) -> int:
         """Fan out one page of the feed; the number of events it held."""

@@ -54,6 +54,8 @@ def webhook_service(
         CIRELAY_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         CIRELAY_WEBHOOK_RETRY_SCHEDULE=",".join(["0.2"] * 500),
         CIRELAY_RECONCILE_SECONDS="0.2",
+        # Attempts in flight when the process is killed stay leased for 2 × this + 5 s.
+        CIRELAY_WEBHOOK_TIMEOUT_SECONDS="2",
     )
     service.name = name
     service.log = tmp_path / f"{name}.log"
