@@ -224,6 +224,7 @@ def _cirelay_environ(db: str, port: int) -> dict[str, str]:
         "CIRELAY_PORT": str(port),
         "CIRELAY_DATABASE_URL": f"sqlite:///{db}",
         "CIRELAY_API_TOKEN": BENCH_API_TOKEN,
+        "CIRELAY_CALLBACK_SECRET": "bench-callback-secret",
         "CIRELAY_CI_SECRET_ID": "bench-secret-id",
         "CIRELAY_CI_SECRET_KEY": "bench-secret-key",
         "CIRELAY_SUBMITTER_ENABLED": "false",
