@@ -39,6 +39,7 @@ class Migration:
 CHECKPOINT_SECONDS = 1.0
 # A WAL that grew during a burst is cut back to this size when the writer next starts it over.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
+_WAL_SWITCH_ATTEMPTS = 20
 
 
 class Database:
@@ -65,18 +66,12 @@ class Database:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
         conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
-        await conn.execute("PRAGMA busy_timeout=10000")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, see above
-        await conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " component TEXT NOT NULL, version INTEGER NOT NULL,"
-            " PRIMARY KEY (component, version))"
-        )
+        try:
+            await _configure(conn)
+        except BaseException:
+            # Its thread would outlive everything else and keep the process from exiting.
+            await conn.close()
+            raise
         checkpointer = None
         if path != ":memory:":
             checkpointer = await aiosqlite.connect(path, isolation_level=None)
@@ -138,6 +133,32 @@ class Database:
                     (component, migration.version),
                 )
             log.info("migration_applied", component=component, version=migration.version)
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
+    conn.row_factory = sqlite3.Row
+    # First: processes opening the file at once wait for each other's locks.
+    await conn.execute("PRAGMA busy_timeout=10000")
+    for attempt in range(_WAL_SWITCH_ATTEMPTS):
+        try:
+            # WAL is a property of the file: only its first opening switches. Processes doing
+            # that at once can each hold a shared lock while asking for the exclusive one, which
+            # SQLite answers "locked" at once instead of waiting: try again shortly.
+            await conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == _WAL_SWITCH_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
+    await conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, see above
+    await conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " component TEXT NOT NULL, version INTEGER NOT NULL,"
+        " PRIMARY KEY (component, version))"
+    )
 
 
 async def _checkpoint_forever(conn: aiosqlite.Connection, seconds: float) -> None:
