@@ -117,6 +117,13 @@ class Database:
                 log.info("migration_applied", component=component, version=migration.version)
 
 
+def unmatchable(*values: str | None) -> bool:
+    """Whether a lookup by these values can find nothing: PostgreSQL text cannot hold a NUL, so no
+    stored row has one, and sending it would be a data error. Answering "none" agrees with SQLite,
+    which takes the NUL and finds no row either (a 404 or an empty page, not a 400)."""
+    return any(value is not None and "\x00" in value for value in values)
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool: no call leaves session state
     behind (advisory locks are transaction-scoped, a LISTEN is undone by its owner, nothing uses

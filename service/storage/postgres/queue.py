@@ -37,7 +37,7 @@ from service.queue.protocol import (
 from service.queue.signal import Signal
 from service.storage.errors import StorageUnavailable
 from service.storage.groupcommit import GroupCommit
-from service.storage.postgres.database import Database, Migration
+from service.storage.postgres.database import Database, Migration, unmatchable
 
 log = structlog.get_logger(__name__)
 
@@ -258,6 +258,8 @@ class PostgresJobQueue:
         return outcomes
 
     async def get(self, job_id: str) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.connection() as conn:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return _record(row) if row is not None else None
@@ -392,6 +394,8 @@ class PostgresJobQueue:
 
     # --- operator actions -------------------------------------------------------------------
     async def cancel_queued(self, job_id: str, *, now: float) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.transaction() as conn:
             # Locked, so the record returned is the one the cancel replaced.
             row = await conn.fetchrow(
@@ -410,6 +414,8 @@ class PostgresJobQueue:
         return _record(row)
 
     async def requeue_dead(self, job_id: str, *, now: float) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', attempts = 0, available_at = $1,"
