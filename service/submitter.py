@@ -197,7 +197,13 @@ class Submitter:
                 await asyncio.sleep(self._settings.poll_interval_seconds)
                 continue
             if job is None:
-                if not await self._idle_wait(burst):
+                try:
+                    more = await self._idle_wait(burst)
+                except Exception:  # the database went away between the claim and the wait
+                    log.exception("idle_wait_failed", owner=owner)
+                    await asyncio.sleep(self._settings.poll_interval_seconds)
+                    continue
+                if not more:
                     break
                 continue
             if self._stopping:
@@ -211,6 +217,11 @@ class Submitter:
                 await asyncio.shield(self._queue.release(job.id, owner, now=self._clock()))
                 log.info("job_released", job_id=job.id)
                 raise
+            except Exception:
+                # Its outcome could not be recorded (the database went away): the worker lives
+                # on, and the job is claimed again once its lease runs out (looked up at CI
+                # first, since begin_attempt left it in doubt).
+                log.exception("job_outcome_unrecorded", job_id=job.id)
             handled += 1
         return handled
 
