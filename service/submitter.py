@@ -66,12 +66,6 @@ class BatchJobs(Protocol):
     async def cancel(self, bucket: str, region: str, job_id: str) -> None: ...
 
 
-def callback_url(settings: Settings, job: JobRecord) -> str | None:
-    """Where CI should call back for ``job``, or None to leave the Request's choice alone: when
-    the Request asked for TDMQ delivery or no callbacks (``no``), or no public URL is set."""
-    return _callback_url(settings, job.request, job.id)
-
-
 def submission_xml(settings: Settings, job: JobRecord) -> bytes:
     """The body sent to CI: the stored Request under its unique Name and cirelay's CallBack."""
     return request_xml(settings, job.request, job.id, job.submit_name)
@@ -90,6 +84,8 @@ def request_xml(
 
 
 def _callback_url(settings: Settings, request: Mapping[str, Any], job_id: str) -> str | None:
+    """Where CI should call back for job ``job_id``, or None to leave the Request's choice alone:
+    when the Request asked for TDMQ delivery or no callbacks (``no``), or no public URL is set."""
     operation = request.get("Operation", {})
     if operation.get("CallBackType") == "TDMQ" or operation.get("CallBack") == "no":
         return None
