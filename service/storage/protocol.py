@@ -157,7 +157,8 @@ class Storage(Protocol):
     def leases(self) -> Leases: ...
 
     async def ping(self) -> None:
-        """A write round trip; raises ``StorageUnavailable`` when the database cannot take one."""
+        """A round trip in a transaction (on SQLite one that takes the write lock); raises
+        ``StorageUnavailable`` when the database cannot serve it."""
         ...
 
     async def close(self) -> None:
