@@ -143,11 +143,6 @@ class Storage(Protocol):
     """One backend's tables, opened and migrated together."""
 
     @property
-    def backend(self) -> str:
-        """``sqlite`` or ``postgres``."""
-        ...
-
-    @property
     def queue(self) -> JobQueue: ...
 
     @property

@@ -9,8 +9,6 @@ from service.storage.postgres.queue import PostgresJobQueue
 
 
 class PostgresStorage:
-    backend = "postgres"
-
     def __init__(
         self,
         db: Database,

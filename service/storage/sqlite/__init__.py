@@ -9,8 +9,6 @@ from service.storage.sqlite.queue import SQLiteJobQueue
 
 
 class SQLiteStorage:
-    backend = "sqlite"
-
     def __init__(
         self, db: Database, queue: SQLiteJobQueue, events: SQLiteEventLog, leases: SQLiteLeases
     ) -> None:
