@@ -98,10 +98,6 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
-# Attributes of stdlib records (the access log's fields, the repeat count) kept in the line.
-_EXTRA_FIELDS = structlog.stdlib.ExtraAdder(allow=[REPEATS_DROPPED, *ACCESS_FIELDS])
-
-
 def configure_logging(settings: Settings) -> None:
     fmt = settings.log_format
     if fmt == "auto":
@@ -128,6 +124,7 @@ def configure_logging(settings: Settings) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             *shared,
+            # Attributes of stdlib records (the access log's fields, the repeat count) kept.
             structlog.stdlib.ExtraAdder(allow=[REPEATS_DROPPED, *ACCESS_FIELDS]),
         ],
         processors=[

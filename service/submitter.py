@@ -66,12 +66,6 @@ class BatchJobs(Protocol):
     async def cancel(self, bucket: str, region: str, job_id: str) -> None: ...
 
 
-def callback_url(settings: Settings, job: JobRecord) -> str | None:
-    """Where CI should call back for ``job``, or None to leave the Request's choice alone: when
-    the Request asked for TDMQ delivery or no callbacks (``no``), or no public URL is set."""
-    return _callback_url(settings, job.request, job.id)
-
-
 def submission_xml(settings: Settings, job: JobRecord) -> bytes:
     """The body sent to CI: the stored Request under its unique Name and cirelay's CallBack."""
     return request_xml(settings, job.request, job.id, job.submit_name)
@@ -90,6 +84,8 @@ def request_xml(
 
 
 def _callback_url(settings: Settings, request: Mapping[str, Any], job_id: str) -> str | None:
+    """Where CI should call back for job ``job_id``, or None to leave the Request's choice alone:
+    when the Request asked for TDMQ delivery or no callbacks (``no``), or no public URL is set."""
     operation = request.get("Operation", {})
     if operation.get("CallBackType") == "TDMQ" or operation.get("CallBack") == "no":
         return None
@@ -197,7 +193,13 @@ class Submitter:
                 await asyncio.sleep(self._settings.poll_interval_seconds)
                 continue
             if job is None:
-                if not await self._idle_wait(burst):
+                try:
+                    more = await self._idle_wait(burst)
+                except Exception:  # the database went away between the claim and the wait
+                    log.exception("idle_wait_failed", owner=owner)
+                    await asyncio.sleep(self._settings.poll_interval_seconds)
+                    continue
+                if not more:
                     break
                 continue
             if self._stopping:
@@ -211,6 +213,11 @@ class Submitter:
                 await asyncio.shield(self._queue.release(job.id, owner, now=self._clock()))
                 log.info("job_released", job_id=job.id)
                 raise
+            except Exception:
+                # Its outcome could not be recorded (the database went away): the worker lives
+                # on, and the job is claimed again once its lease runs out (looked up at CI
+                # first, since begin_attempt left it in doubt).
+                log.exception("job_outcome_unrecorded", job_id=job.id)
             handled += 1
         return handled
 

@@ -34,6 +34,10 @@ SCHEMA_VERSION = 1
 SOURCES: frozenset[str] = frozenset({"http", "pulsar", "poll"})
 
 _COS_HOST = re.compile(r"^https?://[^/.]+\.cos\.([a-z0-9-]+)\.myqcloud\.com/", re.ASCII)
+# Longest media JobId taken. CI's are 33 characters; the event log indexes job_id, and PostgreSQL
+# refuses an index entry over ~2.7 KB (such a callback was a 500 there, and a Pulsar message was
+# redelivered forever), so a longer one is refused as a bad field on every backend.
+MAX_JOB_ID_CHARS = 256
 
 # Outputs keyed by (bucket, region, key): a result listed twice is one object, in first-seen order.
 _Outputs = dict[tuple[str | None, str | None, str | None], ObjectRef]
@@ -169,6 +173,10 @@ def _task_finish(
     received: str,
 ) -> CanonicalEvent:
     job_id = required_text(detail, "JobId", path, "missing_job_id")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise EventRejected(
+            "bad_field", f"{path}.JobId is longer than {MAX_JOB_ID_CHARS} characters"
+        )
     state = required_text(detail, "State", path, "missing_state")
     operation = node(detail, "Operation", path) or {}
     job_input = node(detail, "Input", path) or {}

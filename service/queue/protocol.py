@@ -1,6 +1,7 @@
 """The internal job queue's contract: job states, the stored record, and the backend protocol.
 
-Every backend (SQLite now, PostgreSQL later) implements ``JobQueue`` with the same semantics:
+Every backend (``service/storage/sqlite/``, ``service/storage/postgres/``) implements ``JobQueue``
+with the same semantics, proven by the contract tests in ``tests/storage/``:
 
 - ``claim`` hands out the best available job — higher ``job_level`` first, then oldest — whose
   ``available_at`` has come, and leases it to one owner until ``now + lease_seconds``. The lease is

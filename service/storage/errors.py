@@ -10,3 +10,9 @@ class StorageUnavailable(Exception):
 
 class StoreClosed(StorageUnavailable):
     """The store is shutting down and takes no more writes."""
+
+
+class UnstorableValue(ValueError):
+    """A value the backend cannot hold or compare: PostgreSQL text cannot carry a NUL, and its
+    integers stop at 64 bits. The caller's input, not an outage: a ``ValueError``, as SQLite's
+    driver raises for the numbers it cannot take, so HTTP answers 400 and nothing retries it."""

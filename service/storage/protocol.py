@@ -353,11 +353,6 @@ class Storage(Protocol):
     """One backend's tables, opened and migrated together."""
 
     @property
-    def backend(self) -> str:
-        """``sqlite`` or ``postgres``."""
-        ...
-
-    @property
     def queue(self) -> JobQueue: ...
 
     @property
@@ -373,7 +368,8 @@ class Storage(Protocol):
     def retention(self) -> Retention: ...
 
     async def ping(self) -> None:
-        """A write round trip; raises ``StorageUnavailable`` when the database cannot take one."""
+        """A round trip in a transaction (on SQLite one that takes the write lock); raises
+        ``StorageUnavailable`` when the database cannot serve it."""
         ...
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,6 +194,20 @@ async def test_static_token_events_are_stored_without_a_job(cb_client: Client) -
     assert resp.status == 200
     [(_, event)] = await cb_client.app[EVENT_STORE].feed(job_id="j-static")
     assert (event["cirelay_job_id"], event["batch_id"], event["source"]) == (None, None, "http")
+
+
+async def test_a_job_id_too_long_to_index_is_refused_and_kept_on_every_backend(
+    cb_client: Client,
+) -> None:
+    # Random hex does not compress: PostgreSQL refused its index entry, and the answer was a 500.
+    body = task_finish_json(secrets.token_hex(4000))
+    resp = await cb_client.post(
+        f"/v1/callbacks/{STATIC_TOKEN}", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] == "bad_field"
+    [kept] = await cb_client.app[EVENT_STORE].rejected()
+    assert kept.reason == "bad_field"
 
 
 @SQLITE_ONLY

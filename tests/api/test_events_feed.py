@@ -166,3 +166,20 @@ async def test_the_job_view_includes_its_events(client: Client) -> None:
         ("m-2", "Failed"),
     ]
     assert view["events"] == (await feed(client, job_id=job))["events"]
+
+
+async def test_a_nul_in_a_parameter_finds_nothing_on_every_backend(client: Client) -> None:
+    # PostgreSQL text cannot carry a NUL (SQLite's can): it once made these a 500 there.
+    resp = await client.get("/v1/events", params={"job_id": "j\x00"}, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["events"] == []
+    resp = await client.get("/v1/rejected", params={"reason": "\x00"}, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["rejected"] == []
+    for method, path in (
+        ("GET", "/v1/jobs/j%00"),
+        ("POST", "/v1/jobs/j%00/cancel"),
+        ("POST", "/v1/jobs/j%00/retry"),
+    ):
+        resp = await client.request(method, path, headers=AUTH)
+        assert resp.status == 404, (path, await resp.text())

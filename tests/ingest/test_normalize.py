@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from service.ingest.normalize import batch_finish_event, event_id_for, normalize, parse_ci_time
+from service.ingest.normalize import (
+    MAX_JOB_ID_CHARS,
+    batch_finish_event,
+    event_id_for,
+    normalize,
+    parse_ci_time,
+)
 from service.ingest.parse import ALWAYS_LIST, EventRejected, ParsedCallback, parse_callback
 from service.xmlsafe import parse_xml
 
@@ -302,6 +308,19 @@ def test_a_node_of_the_wrong_kind_is_refused_by_name(detail: dict[str, Any], nam
 
     assert refused.value.reason == "bad_field"
     assert named in refused.value.message
+
+
+def test_a_job_id_longer_than_any_of_cis_is_refused_by_name() -> None:
+    # Indexed in the event log: PostgreSQL cannot index one this long (it was a 500 there).
+    fits = task_finish({"JobId": "j" * MAX_JOB_ID_CHARS, "State": "Success"})
+    assert normalize(parse_callback(fits), source="http", received_at=RECEIVED)
+    body = task_finish({"JobId": "j" * (MAX_JOB_ID_CHARS + 1), "State": "Success"})
+
+    with pytest.raises(EventRejected) as refused:
+        normalize(parse_callback(body), source="http", received_at=RECEIVED)
+
+    assert refused.value.reason == "bad_field"
+    assert "JobsDetail[0].JobId" in refused.value.message
 
 
 def test_workflow_output_region_comes_only_from_a_cos_object_url() -> None:

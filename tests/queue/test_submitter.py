@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from service.intake import enqueue, submission_name
-from service.queue import JobError, JobQueue
+from service.queue import JobError, JobQueue, JobRecord
 from service.ratelimit import RateLimiter
 from service.request import request_from_tree
 from service.submitter import submission_xml
 from service.tokens import job_id_from_token
 from service.xmlsafe import parse_xml
 from tests.queue.conftest import RigFactory
-from tests.queue.rig import TARGET
+from tests.queue.rig import TARGET, Rig, until
 from tests.queue.samples import BUCKET, REGION, request_tree
 
 
@@ -294,6 +294,38 @@ async def test_a_job_cancelled_while_its_create_is_in_flight_is_cancelled_at_ci(
     assert at_ci is not None
     assert at_ci.state == "Cancel"
     assert rig.submitted("cancelled") == 1
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_a_worker_outlives_the_database_failing_under_an_in_flight_job(
+    make_rig: RigFactory, queue: JobQueue, request: pytest.FixtureRequest
+) -> None:
+    # The create call is in flight when PostgreSQL stops: recording its outcome fails, and so
+    # does recording a retry. The one worker must live on and finish the job once it is back.
+    server = request.getfixturevalue("postgres_server")
+    rig = await make_rig(emulator_latency_ms=300, workers=1, lease_seconds=1.0)
+    (job,) = await rig.enqueue(["outlives"])
+    submitter = rig.submitter()
+    submitter.start()
+    try:
+        while not await rig.in_doubt([job]):
+            await queue.wait_changed(0.02)
+        await asyncio.to_thread(server.halt)
+        await until(lambda: _created_at_ci(rig), "the create call to be answered")
+        await asyncio.to_thread(server.resume)
+        # Claimed again once its lease ran out, looked up by name, found: submitted, once.
+        await until(lambda: _states_are(rig, [job], ["submitted"]), "the job to be submitted")
+    finally:
+        await submitter.stop(grace=0.0)
+    assert await rig.created_at_ci() == 1
+
+
+async def _created_at_ci(rig: Rig) -> bool:
+    return await rig.created_at_ci() == 1
+
+
+async def _states_are(rig: Rig, jobs: list[JobRecord], states: list[str]) -> bool:
+    return await rig.states(jobs) == states
 
 
 # --- what is sent -----------------------------------------------------------------------------

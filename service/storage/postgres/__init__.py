@@ -11,8 +11,6 @@ from service.storage.postgres.retention import PostgresRetention
 
 
 class PostgresStorage:
-    backend = "postgres"
-
     def __init__(
         self,
         db: Database,

@@ -2,9 +2,10 @@
 
 Every call takes a connection from one asyncpg pool (``CIRELAY_DATABASE_POOL_SIZE``). Errors that
 mean the database cannot serve now (connection lost or refused, server shutting down or starting
-up, out of resources) become ``StorageUnavailable``; an SQL or constraint error is a bug and
-propagates as it is. Replicas starting at the same moment migrate one at a time under an advisory
-lock.
+up, out of resources) become ``StorageUnavailable``; a value PostgreSQL cannot take (a NUL in
+text, an integer beyond 64 bits: a data exception) is ``UnstorableValue``; an SQL or constraint
+error is a bug and propagates as it is. Replicas starting at the same moment migrate one at a
+time under an advisory lock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncpg
 import asyncpg.pool
 import structlog
 
-from service.storage.errors import StorageUnavailable
+from service.storage.errors import StorageUnavailable, UnstorableValue
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,7 @@ class Database:
                 reset=_keep_session,
             )
         except Exception as exc:
-            mapped = _unavailable(exc)
+            mapped = _mapped(exc)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -75,7 +76,7 @@ class Database:
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection in autocommit mode: each statement is its own transaction."""
         async with (
-            _unavailable_on_error(),
+            _mapped_errors(),
             self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_SECONDS) as conn,
         ):
             yield conn
@@ -84,7 +85,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[Connection]:
         """A pooled connection inside ``BEGIN`` … ``COMMIT`` (rolled back on error)."""
         async with (
-            _unavailable_on_error(),
+            _mapped_errors(),
             self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_SECONDS) as conn,
             conn.transaction(),
         ):
@@ -116,6 +117,13 @@ class Database:
                 log.info("migration_applied", component=component, version=migration.version)
 
 
+def unmatchable(*values: str | None) -> bool:
+    """Whether a lookup by these values can find nothing: PostgreSQL text cannot hold a NUL, so no
+    stored row has one, and sending it would be a data error. Answering "none" agrees with SQLite,
+    which takes the NUL and finds no row either (a 404 or an empty page, not a 400)."""
+    return any(value is not None and "\x00" in value for value in values)
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool: no call leaves session state
     behind (advisory locks are transaction-scoped, a LISTEN is undone by its owner, nothing uses
@@ -125,17 +133,21 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def _unavailable_on_error() -> AsyncIterator[None]:
+async def _mapped_errors() -> AsyncIterator[None]:
     try:
         yield
     except Exception as exc:
-        mapped = _unavailable(exc)
+        mapped = _mapped(exc)
         if mapped is None:
             raise
         raise mapped from exc
 
 
-def _unavailable(exc: BaseException) -> StorageUnavailable | None:
+def _mapped(exc: BaseException) -> StorageUnavailable | UnstorableValue | None:
+    if isinstance(exc, asyncpg.DataError):
+        # Raised by the server (SQLSTATE class 22) or by asyncpg encoding an argument: the
+        # input's fault, so neither a 500 nor a retry (a Pulsar message would loop forever).
+        return UnstorableValue(f"postgres: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         if state.startswith(_UNAVAILABLE_CLASSES):

@@ -39,7 +39,7 @@ import asyncpg
 import orjson
 
 from service.storage.groupcommit import GroupCommit
-from service.storage.postgres.database import Database, Migration
+from service.storage.postgres.database import Database, Migration, unmatchable
 from service.storage.protocol import (
     FEED_START,
     Accounting,
@@ -403,6 +403,8 @@ class PostgresEventLog:
         job_id: str | None = None,
         event_type: str | None = None,
     ) -> list[tuple[FeedPosition, dict[str, Any]]]:
+        if unmatchable(job_id, event_type):
+            return []
         where = ["(xid, seq) > ($1::xid8, $2::bigint)", _SETTLED]
         params: list[Any] = [after[0], after[1]]
         if job_id is not None:
@@ -465,6 +467,8 @@ class PostgresEventLog:
     ) -> list[RejectedCallback]:
         """Refused callbacks kept for replay, oldest first, after id ``after``; optionally only
         those of one ``reason`` and one ``source``."""
+        if unmatchable(reason, source):
+            return []
         async with self._db.connection() as conn:
             rows = await conn.fetch(
                 f"{_REJECTED_SELECT} WHERE id > $1"

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import asyncpg
 import structlog
 
 from service.queue.protocol import (
@@ -30,14 +29,13 @@ from service.queue.protocol import (
     IdempotencyConflict,
     JobError,
     JobRecord,
-    JobState,
     NewJob,
-    Via,
 )
 from service.queue.signal import Signal
 from service.storage.errors import StorageUnavailable
 from service.storage.groupcommit import GroupCommit
-from service.storage.postgres.database import Database, Migration
+from service.storage.postgres.database import Database, Migration, unmatchable
+from service.storage.rows import job_record
 
 log = structlog.get_logger(__name__)
 
@@ -229,13 +227,13 @@ class PostgresJobQueue:
             # no BEGIN and COMMIT round trips.
             async with self._db.connection() as conn:
                 rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
-            inserted = {str(r["id"]): _record(r) for r in rows}
+            inserted = {str(r["id"]): job_record(r) for r in rows}
         else:
             # The read of lost keys shares the insert's transaction: if it fails, nothing was
             # stored, and the jobs can be retried one by one.
             async with self._db.transaction() as conn:
                 rows = await conn.fetch(_INSERT, *_columns(inserts, nows))
-                inserted = {str(r["id"]): _record(r) for r in rows}
+                inserted = {str(r["id"]): job_record(r) for r in rows}
                 # A key whose row was not inserted belongs to a job committed earlier, here or
                 # by another replica; this statement's fresh snapshot sees it.
                 lost = [k for k, job_id in first_in_batch.items() if job_id not in inserted]
@@ -244,7 +242,7 @@ class PostgresJobQueue:
                         f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[])",
                         lost,
                     )
-                    by_key = {str(r["idempotency_key"]): _record(r) for r in winners}
+                    by_key = {str(r["idempotency_key"]): job_record(r) for r in winners}
         by_key.update({r.idempotency_key: r for r in inserted.values() if r.idempotency_key})
         outcomes: list[_Outcome] = []
         for item in batch:
@@ -260,9 +258,11 @@ class PostgresJobQueue:
         return outcomes
 
     async def get(self, job_id: str) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.connection() as conn:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
-        return _record(row) if row is not None else None
+        return job_record(row) if row is not None else None
 
     async def list_jobs(
         self, *, states: Sequence[str] = (), limit: int = 50, before_seq: int | None = None
@@ -282,13 +282,13 @@ class PostgresJobQueue:
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ${len(params)}",
                 *params,
             )
-        return [_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # --- the submitter's side ---------------------------------------------------------------
     async def claim(self, owner: str, *, lease_seconds: float, now: float) -> JobRecord | None:
         async with self._db.connection() as conn:
             row = await conn.fetchrow(CLAIM, owner, now + lease_seconds, now)
-        return _record(row) if row is not None else None
+        return job_record(row) if row is not None else None
 
     async def heartbeat(self, job_id: str, owner: str, *, lease_seconds: float, now: float) -> bool:
         return await self._update(
@@ -394,6 +394,8 @@ class PostgresJobQueue:
 
     # --- operator actions -------------------------------------------------------------------
     async def cancel_queued(self, job_id: str, *, now: float) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.transaction() as conn:
             # Locked, so the record returned is the one the cancel replaced.
             row = await conn.fetchrow(
@@ -409,9 +411,11 @@ class PostgresJobQueue:
                 job_id,
             )
         self._changed.notify()
-        return _record(row)
+        return job_record(row)
 
     async def requeue_dead(self, job_id: str, *, now: float) -> JobRecord | None:
+        if unmatchable(job_id):
+            return None
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', attempts = 0, available_at = $1,"
@@ -425,7 +429,7 @@ class PostgresJobQueue:
         if row is None:
             return None
         self._changed.notify()
-        return _record(row)
+        return job_record(row)
 
     # --- the events side --------------------------------------------------------------------
     async def mark_running(self, job_id: str) -> bool:
@@ -449,7 +453,7 @@ class PostgresJobQueue:
                 " AND ci_job_id IS NOT NULL ORDER BY seq LIMIT $1",
                 limit,
             )
-        return [_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # --- observation ------------------------------------------------------------------------
     async def depth_by_state(self) -> dict[str, int]:
@@ -503,32 +507,3 @@ def _columns(jobs: Sequence[NewJob], nows: dict[str, float]) -> tuple[list[Any],
 def _rowcount(status: str) -> int:
     """Rows changed, from a command tag such as ``UPDATE 1``."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _record(row: asyncpg.Record) -> JobRecord:
-    code, message = row["last_error_code"], row["last_error_message"]
-    return JobRecord(
-        seq=int(row["seq"]),
-        id=row["id"],
-        state=cast(JobState, row["state"]),
-        bucket=row["bucket"],
-        region=row["region"],
-        tag=row["tag"],
-        job_level=int(row["job_level"]),
-        request=json.loads(row["request"]),
-        submit_name=row["submit_name"],
-        caller_callback=row["caller_callback"],
-        via=cast(Via, row["via"]),
-        idempotency_key=row["idempotency_key"],
-        fingerprint=row["fingerprint"],
-        ci_job_id=row["ci_job_id"],
-        attempts=int(row["attempts"]),
-        last_error=JobError(code, message or "") if code is not None else None,
-        in_doubt=bool(row["in_doubt"]),
-        lookup_after=row["lookup_after"],
-        created_at=float(row["created_at"]),
-        available_at=float(row["available_at"]),
-        submitted_at=row["submitted_at"],
-        finished_at=row["finished_at"],
-        lease_owner=row["lease_owner"],
-    )

@@ -11,8 +11,6 @@ from service.storage.sqlite.retention import SQLiteRetention
 
 
 class SQLiteStorage:
-    backend = "sqlite"
-
     def __init__(
         self,
         db: Database,

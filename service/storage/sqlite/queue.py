@@ -7,10 +7,9 @@ runs, so two processes can never claim the same row.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from service.queue.protocol import (
     JOB_STATES,
@@ -18,12 +17,11 @@ from service.queue.protocol import (
     IdempotencyConflict,
     JobError,
     JobRecord,
-    JobState,
     NewJob,
-    Via,
 )
 from service.queue.signal import Signal
 from service.storage.groupcommit import GroupCommit
+from service.storage.rows import job_record
 from service.storage.sqlite.database import Database, Migration, marks
 
 COMPONENT = "queue"
@@ -128,7 +126,7 @@ class SQLiteJobQueue:
                     f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key IN ({marks(keys)})",
                     keys,
                 )
-                known = {str(r["idempotency_key"]): _record(r) for r in rows}
+                known = {str(r["idempotency_key"]): job_record(r) for r in rows}
             # Per job: the id of the row that answers it, and whether this batch inserts it.
             answers: list[tuple[str, bool]] = []
             first_in_batch: dict[str, str] = {}
@@ -151,7 +149,7 @@ class SQLiteJobQueue:
                     f"{_INSERT} {values} RETURNING {_COLUMNS}",
                     [value for row in inserts for value in row],
                 )
-                known.update({str(r["id"]): _record(r) for r in rows})
+                known.update({str(r["id"]): job_record(r) for r in rows})
         by_id = {record.id: record for record in known.values()}
         outcomes: list[_Outcome] = []
         for item, (job_id, inserted) in zip(batch, answers, strict=True):
@@ -168,7 +166,7 @@ class SQLiteJobQueue:
         async with self._db.exclusive() as conn:
             cur = await conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             row = await cur.fetchone()
-        return _record(row) if row is not None else None
+        return job_record(row) if row is not None else None
 
     async def list_jobs(
         self, *, states: Sequence[str] = (), limit: int = 50, before_seq: int | None = None
@@ -188,7 +186,7 @@ class SQLiteJobQueue:
                 (*params, limit),
             )
             rows = await cur.fetchall()
-        return [_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # --- the submitter's side ---------------------------------------------------------------
     async def claim(self, owner: str, *, lease_seconds: float, now: float) -> JobRecord | None:
@@ -201,7 +199,7 @@ class SQLiteJobQueue:
                 (owner, now + lease_seconds, now),
             )
             row = await cur.fetchone()
-        return _record(row) if row is not None else None
+        return job_record(row) if row is not None else None
 
     async def heartbeat(self, job_id: str, owner: str, *, lease_seconds: float, now: float) -> bool:
         return await self._update(
@@ -302,7 +300,7 @@ class SQLiteJobQueue:
                 (now, job_id),
             )
         self._changed.notify()
-        return _record(row)
+        return job_record(row)
 
     async def requeue_dead(self, job_id: str, *, now: float) -> JobRecord | None:
         async with self._db.transaction() as conn:
@@ -316,7 +314,7 @@ class SQLiteJobQueue:
         if row is None:
             return None
         self._changed.notify()
-        return _record(row)
+        return job_record(row)
 
     # --- the events side --------------------------------------------------------------------
     async def mark_running(self, job_id: str) -> bool:
@@ -339,7 +337,7 @@ class SQLiteJobQueue:
                 (limit,),
             )
             rows = await cur.fetchall()
-        return [_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # --- observation ------------------------------------------------------------------------
     async def depth_by_state(self) -> dict[str, int]:
@@ -391,33 +389,4 @@ def _insert_row(job: NewJob, now: float) -> tuple[Any, ...]:
         job.fingerprint,
         now,
         now,
-    )
-
-
-def _record(row: sqlite3.Row) -> JobRecord:
-    code, message = row["last_error_code"], row["last_error_message"]
-    return JobRecord(
-        seq=int(row["seq"]),
-        id=row["id"],
-        state=cast(JobState, row["state"]),
-        bucket=row["bucket"],
-        region=row["region"],
-        tag=row["tag"],
-        job_level=int(row["job_level"]),
-        request=json.loads(row["request"]),
-        submit_name=row["submit_name"],
-        caller_callback=row["caller_callback"],
-        via=cast(Via, row["via"]),
-        idempotency_key=row["idempotency_key"],
-        fingerprint=row["fingerprint"],
-        ci_job_id=row["ci_job_id"],
-        attempts=int(row["attempts"]),
-        last_error=JobError(code, message or "") if code is not None else None,
-        in_doubt=bool(row["in_doubt"]),
-        lookup_after=row["lookup_after"],
-        created_at=float(row["created_at"]),
-        available_at=float(row["available_at"]),
-        submitted_at=row["submitted_at"],
-        finished_at=row["finished_at"],
-        lease_owner=row["lease_owner"],
     )
