@@ -62,7 +62,7 @@ class GroupCommit(Generic[T, R]):
             raise StoreClosed(f"{self._name} is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(item, future))
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._run(), name=self._name)
         self._wake.set()
         return await future
@@ -125,6 +125,13 @@ class GroupCommit(Generic[T, R]):
                 "group_commit_failed", writer=self._name, error=f"{type(exc).__name__}: {exc}"
             )
             _settle(batch[0], exc)
+            return
+        if len(results) != len(batch):
+            # A backend bug: which caller's write is which is unknown, so none is answered as
+            # done (each retries and meets its own write as a duplicate); the writer goes on.
+            log.error("group_commit_results_mismatch", writer=self._name, rows=len(batch))
+            for pending in batch:
+                _settle(pending, RuntimeError(f"{self._name}: {len(results)} results"))
             return
         for pending, result in zip(batch, results, strict=True):
             _settle(pending, result)

@@ -66,3 +66,19 @@ async def test_close_refuses_further_items() -> None:
     await writer.close()
     with pytest.raises(StoreClosed):
         await writer.submit("late")
+
+
+async def test_a_wrong_number_of_results_fails_its_callers_not_the_writer() -> None:
+    answers: list[list[str | Exception]] = [["only one"], ["ok"]]
+
+    async def commit(items: list[str]) -> list[str | Exception]:
+        return answers.pop(0)
+
+    writer: GroupCommit[str, str] = GroupCommit(commit, name="test", max_rows=64)
+    async with asyncio.timeout(5):  # a dead writer would leave its callers waiting for ever
+        outcomes = await asyncio.gather(
+            writer.submit("a"), writer.submit("b"), return_exceptions=True
+        )
+        assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+        assert await writer.submit("c") == "ok"  # the writer still serves
+    await writer.close()
