@@ -33,6 +33,7 @@ from service.queue import JobError, JobQueue, JobRecord
 from service.ratelimit import RateLimiter
 from service.request import RequestInvalid, request_from_tree
 from service.settings import Settings
+from service.storage import StorageUnavailable
 from service.tokens import callback_token
 
 log = structlog.get_logger(__name__)
@@ -266,9 +267,17 @@ class Submitter:
         interval = self._settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if not await self._queue.heartbeat(
-                job_id, owner, lease_seconds=self._settings.lease_seconds, now=self._clock()
-            ):
+            try:
+                held = await self._queue.heartbeat(
+                    job_id, owner, lease_seconds=self._settings.lease_seconds, now=self._clock()
+                )
+            except StorageUnavailable as exc:
+                # The database is away for now: keep beating, so the lease is renewed as soon
+                # as it is back (a heartbeat that gave up would let the lease lapse while the
+                # create call is still in flight).
+                log.warning("heartbeat_failed", job_id=job_id, error=str(exc))
+                continue
+            if not held:
                 log.warning("lease_lost", job_id=job_id)
                 return
 

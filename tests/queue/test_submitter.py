@@ -320,6 +320,38 @@ async def test_a_worker_outlives_the_database_failing_under_an_in_flight_job(
     assert await rig.created_at_ci() == 1
 
 
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_the_heartbeat_outlives_the_database_failing_under_an_in_flight_job(
+    make_rig: RigFactory, queue: JobQueue, request: pytest.FixtureRequest
+) -> None:
+    # A slow create call, and PostgreSQL away for a few heartbeats meanwhile: once it is back
+    # the lease is renewed again, so it cannot lapse under the call still in flight.
+    server = request.getfixturevalue("postgres_server")
+    lease = 0.6  # a heartbeat every 0.2 s
+    rig = await make_rig(
+        emulator_latency_ms=6000, workers=1, lease_seconds=lease, ci_timeout_seconds=10.0
+    )
+    (job,) = await rig.enqueue(["heartbeat"])
+    submitter = rig.submitter()
+    submitter.start()
+    try:
+        while not await rig.in_doubt([job]):
+            await queue.wait_changed(0.02)
+        await asyncio.to_thread(server.halt)
+        await asyncio.sleep(lease)  # time passing is the point: heartbeats fail meanwhile
+        await asyncio.to_thread(server.resume)
+        resumed = time.time()
+
+        async def renewed() -> bool:
+            current = await queue.get(job.id)
+            assert current is not None
+            return current.state == "queued" and current.available_at > resumed + lease / 2
+
+        await until(renewed, "a heartbeat after the database came back", deadline=3)
+    finally:
+        await submitter.stop(grace=0.0)
+
+
 async def _created_at_ci(rig: Rig) -> bool:
     return await rig.created_at_ci() == 1
 
