@@ -37,6 +37,7 @@ TABLES = (
     "rejected_callbacks",
     "deliveries",
     "delivery_bodies",
+    "leases",
 )
 _DAY = 86_400.0
 _MOST_SECONDS_BETWEEN_RUNS = 3_600.0

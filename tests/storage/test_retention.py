@@ -121,6 +121,21 @@ async def test_one_replica_at_a_time_prunes(open_backend: OpenBackend) -> None:
     assert await first.queue.get(job.id) is not None
 
 
+async def test_leases_of_work_long_gone_are_pruned_live_ones_kept(
+    open_backend: OpenBackend,
+) -> None:
+    storage = await open_backend()
+    now = time.time()
+    # A batch cancelled 40 days ago: its reconcile lease was never released.
+    assert await storage.leases.acquire("reconcile:gone", "r1", ttl=30, now=now - 40 * DAY)
+    assert await storage.leases.acquire("reconcile:live", "r1", ttl=30, now=now)
+    retainer = Retainer(storage.retention, storage.leases, Metrics(), days=30, clock=lambda: now)
+    assert await retainer.prune_once() == {"leases": 1}
+    # The pruned name is free again; the live one is still r1's.
+    assert await storage.leases.acquire("reconcile:gone", "r2", ttl=30, now=now)
+    assert not await storage.leases.acquire("reconcile:live", "r2", ttl=30, now=now)
+
+
 async def test_refused_bodies_are_bounded_in_total_bytes(open_backend: OpenBackend) -> None:
     storage = await open_backend(rejected_body_max_bytes=100, rejected_max_bytes=250)
     for n in range(4):

@@ -18,6 +18,17 @@ class PostgresRetention:
     async def prune_jobs(self, *, finished_before: float, limit: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
         async with self._db.transaction() as conn:
+            # Leases expired before the cutoff belong to work long gone (a live one is renewed
+            # within seconds): the reconcile lease of a job cancelled, say.
+            stale = await conn.fetchval(
+                "WITH gone AS (DELETE FROM leases WHERE name IN (SELECT name FROM leases"
+                " WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING 1)"
+                " SELECT COUNT(*) FROM gone",
+                finished_before,
+                limit,
+            )
+            if stale:
+                deleted["leases"] = int(stale)
             # SKIP LOCKED: a job another step (or the queue) holds is left for later.
             rows = await conn.fetch(
                 "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1"

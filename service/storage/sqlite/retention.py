@@ -21,6 +21,15 @@ class SQLiteRetention:
     async def prune_jobs(self, *, finished_before: float, limit: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
         async with self._db.transaction() as conn:
+            # Leases expired before the cutoff belong to work long gone (a live one is renewed
+            # within seconds): the reconcile lease of a job cancelled, say.
+            cur = await conn.execute(
+                "DELETE FROM leases WHERE name IN (SELECT name FROM leases WHERE expires_at < ?"
+                " LIMIT ?)",
+                (finished_before, limit),
+            )
+            if cur.rowcount:
+                deleted["leases"] = cur.rowcount
             rows = await conn.execute_fetchall(
                 "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?"
                 f" AND state IN ({marks(_FINAL)}) ORDER BY finished_at LIMIT ?",
