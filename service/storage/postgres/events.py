@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 
+from service.storage.eventwrites import EventWrite, RejectWrite, Write, answers, rows_of, split
 from service.storage.groupcommit import GroupCommit
 from service.storage.postgres.database import Database, Migration, unmatchable
 from service.storage.protocol import (
@@ -149,19 +149,6 @@ _EVENT_SELECT = "SELECT xid, seq, batch_id, cirelay_job_id, body FROM events"
 _MAX_BATCH_ROWS = 64
 
 
-@dataclass(frozen=True, slots=True)
-class _EventWrite:
-    rows: list[tuple[Any, ...]]  # in the order of the insert's array parameters
-
-
-@dataclass(frozen=True, slots=True)
-class _RejectWrite:
-    row: tuple[Any, ...]
-
-
-_Write = _EventWrite | _RejectWrite
-
-
 class PostgresEventLog:
     def __init__(
         self,
@@ -177,8 +164,8 @@ class PostgresEventLog:
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
         self._rejected_max_bytes = rejected_max_bytes
-        self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
-            self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
+        self._writes: GroupCommit[Write, list[bool]] = GroupCommit(
+            self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=rows_of
         )
 
     @classmethod
@@ -210,7 +197,7 @@ class PostgresEventLog:
     async def store(self, events: Sequence[Mapping[str, Any]]) -> list[bool]:
         if not events:
             return []
-        return await self._writes.submit(_EventWrite([_event_row(e) for e in events]))
+        return await self._writes.submit(EventWrite([_event_row(e) for e in events]))
 
     async def reject(
         self,
@@ -232,12 +219,11 @@ class PostgresEventLog:
             len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
-        await self._writes.submit(_RejectWrite(row))
+        await self._writes.submit(RejectWrite(row))
 
-    async def _commit(self, batch: list[_Write]) -> list[list[bool] | Exception]:
+    async def _commit(self, batch: list[Write]) -> list[list[bool] | Exception]:
         """Write a batch; per write, one flag per event: new, or a duplicate of a stored one."""
-        event_rows = [row for w in batch if isinstance(w, _EventWrite) for row in w.rows]
-        reject_rows = [w.row for w in batch if isinstance(w, _RejectWrite)]
+        event_rows, reject_rows = split(batch)
         new_ids: set[str] = set()
         if event_rows:
             # One statement in autocommit: one round trip, one transaction, one commit.
@@ -260,16 +246,7 @@ class PostgresEventLog:
                     "  FROM rejected_callbacks) AS kept WHERE total > $1)",
                     self._rejected_max_bytes,
                 )
-        results: list[list[bool] | Exception] = []
-        for write in batch:
-            flags = []
-            if isinstance(write, _EventWrite):
-                for row in write.rows:
-                    # The same event twice in one batch: the first caller gets it, others dup.
-                    flags.append(row[0] in new_ids)
-                    new_ids.discard(row[0])
-            results.append(flags)
-        return results
+        return answers(batch, new_ids)
 
     # --- batch reconciliation ---------------------------------------------------------------
     # An insert attaches an event to a media job recorded before its statement began; the
@@ -558,7 +535,3 @@ def _event(row: asyncpg.Record) -> dict[str, Any]:
     event["batch_id"] = row["batch_id"]
     event["cirelay_job_id"] = row["cirelay_job_id"]
     return event
-
-
-def _rows(write: _Write) -> int:
-    return len(write.rows) if isinstance(write, _EventWrite) else 1

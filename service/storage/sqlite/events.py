@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 import orjson
 
+from service.storage.eventwrites import EventWrite, RejectWrite, Write, answers, rows_of, split
 from service.storage.groupcommit import GroupCommit
 from service.storage.protocol import (
     FEED_START,
@@ -106,19 +106,6 @@ _ACCOUNT_SLICE = 2000
 _MAX_BATCH_ROWS = 64
 
 
-@dataclass(frozen=True, slots=True)
-class _EventWrite:
-    rows: list[tuple[Any, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class _RejectWrite:
-    row: tuple[Any, ...]
-
-
-_Write = _EventWrite | _RejectWrite
-
-
 class SQLiteEventLog:
     def __init__(
         self,
@@ -134,8 +121,8 @@ class SQLiteEventLog:
         self._rejected_body_max_bytes = rejected_body_max_bytes
         self._rejected_max_count = rejected_max_count
         self._rejected_max_bytes = rejected_max_bytes
-        self._writes: GroupCommit[_Write, list[bool]] = GroupCommit(
-            self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=_rows
+        self._writes: GroupCommit[Write, list[bool]] = GroupCommit(
+            self._commit, name="event-store-writer", max_rows=_MAX_BATCH_ROWS, weight=rows_of
         )
 
     @classmethod
@@ -168,7 +155,7 @@ class SQLiteEventLog:
         if not events:
             return []
         unpublished = 1 if self._outbox else None
-        return await self._writes.submit(_EventWrite([_event_row(e, unpublished) for e in events]))
+        return await self._writes.submit(EventWrite([_event_row(e, unpublished) for e in events]))
 
     async def reject(
         self,
@@ -190,12 +177,11 @@ class SQLiteEventLog:
             len(body) if size is None else size,
             body[: self._rejected_body_max_bytes],
         )
-        await self._writes.submit(_RejectWrite(row))
+        await self._writes.submit(RejectWrite(row))
 
-    async def _commit(self, batch: list[_Write]) -> list[list[bool] | Exception]:
+    async def _commit(self, batch: list[Write]) -> list[list[bool] | Exception]:
         """Write a batch; per write, one flag per event: new, or a duplicate of a stored one."""
-        event_rows = [row for w in batch if isinstance(w, _EventWrite) for row in w.rows]
-        reject_rows = [w.row for w in batch if isinstance(w, _RejectWrite)]
+        event_rows, reject_rows = split(batch)
         new_ids: set[str] = set()
         if event_rows:
             # One statement, so one trip to the database thread per batch: in autocommit mode it
@@ -223,16 +209,7 @@ class SQLiteEventLog:
                     "  FROM rejected_callbacks) WHERE total > ?)",
                     (self._rejected_max_bytes,),
                 )
-        results: list[list[bool] | Exception] = []
-        for write in batch:
-            flags = []
-            if isinstance(write, _EventWrite):
-                for row in write.rows:
-                    # The same event twice in one batch: the first caller gets it, others dup.
-                    flags.append(row[0] in new_ids)
-                    new_ids.discard(row[0])
-            results.append(flags)
-        return results
+        return answers(batch, new_ids)
 
     # --- batch reconciliation ---------------------------------------------------------------
 
@@ -554,10 +531,6 @@ def _event(row: aiosqlite.Row) -> dict[str, Any]:
     event["batch_id"] = row["batch_id"]
     event["cirelay_job_id"] = row["cirelay_job_id"]
     return event
-
-
-def _rows(write: _Write) -> int:
-    return len(write.rows) if isinstance(write, _EventWrite) else 1
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
