@@ -1,11 +1,12 @@
-"""Stored rows back into the service's records, the same way on every backend."""
+"""Stored rows back into records, and enqueue answers, the same way on every backend."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from service.queue.protocol import JobError, JobRecord, JobState, Via
+from service.queue.protocol import IdempotencyConflict, JobError, JobRecord, JobState, NewJob, Via
 
 
 class Row(Protocol):
@@ -42,3 +43,23 @@ def job_record(row: Row) -> JobRecord:
         finished_at=row["finished_at"],
         lease_owner=row["lease_owner"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """One caller's job handed to a queue's group-commit writer."""
+
+    job: NewJob
+    now: float
+
+
+# What an enqueue's caller is answered: (record, created), or an IdempotencyConflict to raise.
+EnqueueOutcome = tuple[JobRecord, bool] | Exception
+
+
+def answer_existing(record: JobRecord, job: NewJob) -> EnqueueOutcome:
+    """The answer to enqueueing ``job`` under an idempotency key ``record`` already holds: that
+    job (not created) when it stands for the same request, a conflict otherwise."""
+    if record.fingerprint != job.fingerprint:
+        return IdempotencyConflict(record)
+    return record, False

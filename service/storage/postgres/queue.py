@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -26,7 +25,6 @@ import structlog
 from service.queue.protocol import (
     JOB_STATES,
     FinishState,
-    IdempotencyConflict,
     JobError,
     JobRecord,
     NewJob,
@@ -35,7 +33,7 @@ from service.queue.signal import Signal
 from service.storage.errors import StorageUnavailable
 from service.storage.groupcommit import GroupCommit
 from service.storage.postgres.database import Database, Migration, unmatchable
-from service.storage.rows import job_record
+from service.storage.rows import Enqueue, EnqueueOutcome, answer_existing, job_record
 
 log = structlog.get_logger(__name__)
 
@@ -135,14 +133,6 @@ _NOTIFY = f"NOTIFY {_CHANNEL}"
 # After losing the listening connection (the database restarting), wait this long to listen again.
 _RELISTEN_SECONDS = 1.0
 
-_Outcome = tuple[JobRecord, bool] | Exception  # an IdempotencyConflict, raised in its caller
-
-
-@dataclass(frozen=True, slots=True)
-class _Enqueue:
-    job: NewJob
-    now: float
-
 
 class PostgresJobQueue:
     def __init__(self, db: Database) -> None:
@@ -199,12 +189,12 @@ class PostgresJobQueue:
     # --- intake and reads -------------------------------------------------------------------
     async def enqueue(self, job: NewJob, *, now: float) -> tuple[JobRecord, bool]:
         # An IdempotencyConflict comes back as this caller's result and is raised here.
-        record, created = await self._intake.submit(_Enqueue(job, now))
+        record, created = await self._intake.submit(Enqueue(job, now))
         if created:
             self._changed.notify()
         return record, created
 
-    async def _insert(self, batch: list[_Enqueue]) -> list[_Outcome]:
+    async def _insert(self, batch: list[Enqueue]) -> list[EnqueueOutcome]:
         """One transaction for a batch of enqueues: each job's outcome, a conflict as a value.
         Idle workers everywhere are woken by the insert trigger's NOTIFY, sent at commit."""
         # A key repeated within the batch is inserted once, by its first job.
@@ -244,17 +234,13 @@ class PostgresJobQueue:
                     )
                     by_key = {str(r["idempotency_key"]): job_record(r) for r in winners}
         by_key.update({r.idempotency_key: r for r in inserted.values() if r.idempotency_key})
-        outcomes: list[_Outcome] = []
+        outcomes: list[EnqueueOutcome] = []
         for item in batch:
             key = item.job.idempotency_key
             if item.job.id in inserted:
                 outcomes.append((inserted[item.job.id], True))
                 continue
-            record = by_key[cast(str, key)]
-            if record.fingerprint != item.job.fingerprint:
-                outcomes.append(IdempotencyConflict(record))
-            else:
-                outcomes.append((record, False))
+            outcomes.append(answer_existing(by_key[cast(str, key)], item.job))
         return outcomes
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from service.queue.protocol import (
     JOB_STATES,
     FinishState,
-    IdempotencyConflict,
     JobError,
     JobRecord,
     NewJob,
 )
 from service.queue.signal import Signal
 from service.storage.groupcommit import GroupCommit
-from service.storage.rows import job_record
+from service.storage.rows import Enqueue, EnqueueOutcome, answer_existing, job_record
 from service.storage.sqlite.database import Database, Migration, marks
 
 COMPONENT = "queue"
@@ -83,14 +81,6 @@ _ROW_MARKS = "(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Jobs written per enqueue transaction, at most.
 _MAX_BATCH = 256
 
-_Outcome = tuple[JobRecord, bool] | Exception  # an IdempotencyConflict, raised in its caller
-
-
-@dataclass(frozen=True, slots=True)
-class _Enqueue:
-    job: NewJob
-    now: float
-
 
 class SQLiteJobQueue:
     def __init__(self, db: Database) -> None:
@@ -111,12 +101,12 @@ class SQLiteJobQueue:
     # --- intake and reads -------------------------------------------------------------------
     async def enqueue(self, job: NewJob, *, now: float) -> tuple[JobRecord, bool]:
         # An IdempotencyConflict comes back as this caller's result and is raised here.
-        record, created = await self._intake.submit(_Enqueue(job, now))
+        record, created = await self._intake.submit(Enqueue(job, now))
         if created:
             self._changed.notify()
         return record, created
 
-    async def _insert(self, batch: list[_Enqueue]) -> list[_Outcome]:
+    async def _insert(self, batch: list[Enqueue]) -> list[EnqueueOutcome]:
         """One transaction for a batch of enqueues: each job's outcome, a conflict as a value."""
         keys = sorted({k for k in (item.job.idempotency_key for item in batch) if k is not None})
         async with self._db.transaction() as conn:
@@ -151,15 +141,13 @@ class SQLiteJobQueue:
                 )
                 known.update({str(r["id"]): job_record(r) for r in rows})
         by_id = {record.id: record for record in known.values()}
-        outcomes: list[_Outcome] = []
+        outcomes: list[EnqueueOutcome] = []
         for item, (job_id, inserted) in zip(batch, answers, strict=True):
             record = by_id[job_id]
             if inserted and job_id == item.job.id:
                 outcomes.append((record, True))
-            elif record.fingerprint != item.job.fingerprint:
-                outcomes.append(IdempotencyConflict(record))
             else:
-                outcomes.append((record, False))
+                outcomes.append(answer_existing(record, item.job))
         return outcomes
 
     async def get(self, job_id: str) -> JobRecord | None:
